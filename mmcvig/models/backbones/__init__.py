@@ -1,0 +1,3 @@
+from .cluster_vig import ClusterViG
+
+__all__ = ['ClusterViG']

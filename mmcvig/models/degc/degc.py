@@ -1,0 +1,111 @@
+"""The DEGC module: partition, build_graph, global_update, local_update (Algorithm 2)."""
+from mmengine.model import BaseModule
+from torch import Tensor
+
+from .global_update import GlobalUpdate, cluster_means
+from .graph import build_graph, build_graph_sparse
+from .local_update import build_local_update
+from .partition import KMEANS_INITS, partition
+
+GRAPH_IMPLS = ('dense', 'sparse')
+
+
+def _check_positive(name: str, value: int):
+    if not isinstance(value, int) or value < 1:
+        raise ValueError(f'{name} must be a positive integer, got {value!r}')
+
+
+class DEGC(BaseModule):
+    r"""Dynamic Efficient Graph Convolution.
+
+    For the tokens :math:`X \in \mathbb{R}^{N \times C}` of every image:
+
+    1. ``partition``: k-means into :math:`\kappa` clusters :math:`V^i` (no gradient);
+    2. ``build_graph``: k-NN graph inside every cluster (L2-normalised features);
+    3. ``global_update``: :math:`z_i = \mathrm{mean}(X_i)`, :math:`z' = \mathrm{GATv2}(z)`
+       over the complete graph of the non-empty clusters;
+    4. ``local_update``: G-GCN, :math:`x'_v = \Psi(x_v, z'_i, \bigoplus_{u \in
+       \mathcal{N}(v)} \Phi(x_v, x_u, z'_i))` for every :math:`v \in V^i`.
+
+    One output per input token, in input order.
+
+    Args:
+        in_channels (int): :math:`C`; the output has :math:`2C`.
+        num_clusters (int): :math:`\kappa`.
+        cluster_size (int, optional): if given, :math:`\kappa` follows the token count,
+            ``ceil(N / cluster_size)``, instead of ``num_clusters``: the k-NN cost then
+            grows linearly with :math:`N` at high resolution. ``None`` (the paper's fixed
+            :math:`\kappa`) by default.
+        k (int): neighbours per token, self included.
+        graph_conv (str): G-GCN variant: 'mrgcn', 'edgeconv', 'graphsage' or 'gin'.
+        groups (int): groups of the G-GCN MLP convolutions.
+        graph_impl (str): 'dense' (default, tiled k-NN + gathers) or 'sparse' (the
+            paper's scatter + PyG message passing); same weights, same result.
+        kmeans_iters (int): at most this many k-means iterations.
+        kmeans_init (str): 'grid' (deterministic) or 'random'.
+        kmeans_tol (float, optional): early stop of k-means, see :func:`partition`.
+    """
+
+    def __init__(self, in_channels: int, num_clusters: int = 4, k: int = 9,
+                 cluster_size: int = None, graph_conv: str = 'mrgcn', groups: int = 1,
+                 graph_impl: str = 'dense',
+                 kmeans_iters: int = 20, kmeans_init: str = 'grid', kmeans_tol: float = 0.0,
+                 norm_cfg=dict(type='BN'), act_cfg=dict(type='GELU'), init_cfg=None):
+        super().__init__(init_cfg)
+        _check_positive('num_clusters', num_clusters)
+        _check_positive('k', k)
+        if cluster_size is not None:
+            _check_positive('cluster_size', cluster_size)
+        _check_positive('kmeans_iters', kmeans_iters)
+        if graph_impl not in GRAPH_IMPLS:
+            raise ValueError(f'Unknown graph_impl {graph_impl!r}; expected one of {GRAPH_IMPLS}')
+        if kmeans_init not in KMEANS_INITS:
+            raise ValueError(f'Unknown kmeans_init {kmeans_init!r}; expected one of '
+                             f'{KMEANS_INITS}')
+        if in_channels % groups:
+            raise ValueError(f'in_channels ({in_channels}) must be divisible by groups '
+                             f'({groups})')
+        self.num_clusters = num_clusters
+        self.cluster_size = cluster_size
+        self.k = k
+        self.graph_impl = graph_impl
+        self.kmeans_cfg = dict(max_iters=kmeans_iters, init=kmeans_init, tol=kmeans_tol)
+        self.global_update = GlobalUpdate(in_channels)
+        self.local_update = build_local_update(graph_conv, in_channels, groups=groups,
+                                               norm_cfg=norm_cfg, act_cfg=act_cfg)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """
+        Args:
+            x (Tensor): :math:`(B, C, H, W)`.
+
+        Returns:
+            Tensor: :math:`(B, 2C, H, W)`.
+        """
+        batch, channels, height, width = x.shape
+        tokens = x.flatten(2).transpose(1, 2)  # (B, N, C)
+        part = partition(tokens, self.clusters_for(tokens.shape[1]), **self.kmeans_cfg)
+        z = self.global_update(cluster_means(tokens, part), part.counts > 0)
+        z_token = z.gather(1, part.labels.unsqueeze(-1).expand(-1, -1, z.shape[-1]))
+        if self.graph_impl == 'dense':
+            graph = build_graph(tokens, part, self.k)
+            out = self.local_update(x.flatten(2), graph, z_token.transpose(1, 2))
+        else:
+            out = self._sparse_local_update(tokens, part, z_token)
+        return out.view(batch, -1, height, width)
+
+    def clusters_for(self, num_tokens: int) -> int:
+        """:math:`\\kappa` used for ``num_tokens`` tokens."""
+        if self.cluster_size is None:
+            return self.num_clusters
+        return -(-num_tokens // self.cluster_size)
+
+    def _sparse_local_update(self, tokens: Tensor, part, z_token: Tensor) -> Tensor:
+        """Algorithm 2 lines 3-5: scatter, local_update over edge_index, gather."""
+        batch, num_tokens, channels = tokens.shape
+        arranged, edge_index = build_graph_sparse(tokens, part, self.k)
+        flat_x = tokens.reshape(-1, channels)[arranged.order]
+        flat_z = z_token.reshape(-1, channels)[arranged.order]
+        out = self.local_update.forward_sparse(flat_x, edge_index, flat_z)
+        out = out.new_empty(out.shape).index_copy_(0, arranged.order, out)
+        return out.view(batch, num_tokens, -1).transpose(1, 2)

@@ -1,0 +1,198 @@
+"""Step (iv) of DEGC: the globally aware local update, G-GCN (paper Eq. 4, Table II).
+
+Every variant holds its weights once and offers two evaluations of the same math:
+
+* ``forward(x, graph, z)``: dense, over a :class:`~.graph.Graph` with ``K`` neighbour
+  slots per token, channels first as the backbone's convolutions want them;
+* ``forward_sparse(x, edge_index, z)``: the paper's, PyG message passing over the
+  arranged tokens of :func:`~.graph.build_graph_sparse`.
+
+Notation: :math:`x_v` a token, :math:`\\mathcal{N}(v)` its neighbours (itself included),
+:math:`z'_i` the updated centroid of its partition, MLP a 1x1 convolution to
+:math:`2C` with ``groups`` followed by BN and GELU, and ``|`` channel concatenation.
+"""
+import torch
+from mmcv.cnn import ConvModule
+from mmengine.model import BaseModule
+from torch import Tensor, nn
+from torch_geometric.nn import MessagePassing
+from torch_scatter import scatter
+
+from .graph import Graph
+
+
+def interleave(*parts: Tensor) -> Tensor:
+    """Concatenate along channels, interleaved (``[a0, b0, c0, a1, ...]``).
+
+    Interleaving, as mmpretrain's ViG does, puts every kind of input into every group of
+    a grouped MLP; plain concatenation would feed one group only ``x_v`` and another only
+    ``z'_i``. Works on ``(B, C, ...)`` (dense) and ``(M, C)`` (sparse) alike.
+    """
+    stacked = torch.stack(parts, dim=2)
+    return stacked.flatten(1, 2)
+
+
+def gather_neighbors(x: Tensor, graph: Graph) -> Tensor:
+    """Features of every neighbour slot.
+
+    Args:
+        x (Tensor): :math:`(B, C, N)`.
+        graph (Graph): neighbours :math:`(B, N, K)`.
+
+    Returns:
+        Tensor: :math:`(B, N, K, C)`, channels last so one row gather serves all channels.
+    """
+    batch, channels, num_tokens = x.shape
+    offset = torch.arange(batch, device=x.device).view(-1, 1, 1) * num_tokens
+    rows = x.transpose(1, 2).reshape(batch * num_tokens, channels)
+    return rows[graph.neighbors + offset]
+
+
+def _as_nodes(module: nn.Module, h: Tensor) -> Tensor:
+    """Apply a 1x1-conv module to sparse node features ``(M, C_in)`` -> ``(M, C_out)``."""
+    return module(h.t().unsqueeze(0).unsqueeze(-1)).squeeze(-1).squeeze(0).t()
+
+
+class _NeighborAggregation(MessagePassing):
+    """:math:`\\bigoplus_{u \\in \\mathcal{N}(v)} m(x_v, x_u)` with PyG message passing.
+
+    ``message`` is ``x_u`` or, with ``relative``, ``x_u - x_v``.
+    """
+
+    def __init__(self, aggr: str, relative: bool = False):
+        super().__init__(aggr=aggr)
+        self.relative = relative
+
+    def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
+        return self.propagate(edge_index, x=x)
+
+    def message(self, x_i: Tensor, x_j: Tensor) -> Tensor:
+        return x_j - x_i if self.relative else x_j
+
+
+class GGCN(BaseModule):
+    """Base of the G-GCN variants: builds the MLPs, one per role.
+
+    Args:
+        in_channels (int): :math:`C`; the output has :math:`2C`.
+        groups (int): groups of the MLPs' 1x1 convolutions.
+        norm_cfg (dict): normalisation after each MLP convolution.
+        act_cfg (dict): activation after each MLP normalisation.
+    """
+
+    def __init__(self, in_channels: int, groups: int = 1, norm_cfg=dict(type='BN'),
+                 act_cfg=dict(type='GELU'), init_cfg=None):
+        super().__init__(init_cfg)
+        self.in_channels = in_channels
+        self.out_channels = 2 * in_channels
+        self._mlp_cfg = dict(kernel_size=1, groups=groups, bias=True, norm_cfg=norm_cfg,
+                             act_cfg=act_cfg)
+
+    def _mlp(self, in_channels: int, out_channels: int = None) -> ConvModule:
+        return ConvModule(in_channels, out_channels or self.out_channels, **self._mlp_cfg)
+
+
+class GMRGCN(GGCN):
+    r"""G-MRGCN, the default: :math:`x'_v = \mathrm{MLP}(x_v \,|\, \max_{u \in
+    \mathcal{N}(v)} (x_u - x_v) \,|\, z'_i)`."""
+
+    def __init__(self, in_channels: int, **kwargs):
+        super().__init__(in_channels, **kwargs)
+        self.mlp = self._mlp(3 * in_channels)
+        self.aggregate = _NeighborAggregation('max', relative=True)
+
+    def forward(self, x: Tensor, graph: Graph, z: Tensor) -> Tensor:
+        """x, z: :math:`(B, C, N)`; returns :math:`(B, 2C, N)`."""
+        # max_u (x_u - x_v) == max_u x_u - x_v, without the (B, N, K, C) difference.
+        relative = gather_neighbors(x, graph).amax(dim=2).transpose(1, 2) - x
+        return self.mlp(interleave(x, relative, z).unsqueeze(-1)).squeeze(-1)
+
+    def forward_sparse(self, x: Tensor, edge_index: Tensor, z: Tensor) -> Tensor:
+        """x, z: :math:`(M, C)`; edge_index :math:`(2, E)`; returns :math:`(M, 2C)`."""
+        relative = self.aggregate(x, edge_index)
+        return _as_nodes(self.mlp, interleave(x, relative, z))
+
+
+class GEdgeConv(GGCN):
+    r"""G-EdgeConv: :math:`x'_v = \max_{u \in \mathcal{N}(v)} \mathrm{MLP}(x_v \,|\,
+    x_u - x_v \,|\, z'_i)`.
+
+    In training, the dense path's BN statistics also see the padding slots of clusters
+    smaller than ``K`` (copies of the self edge); eval outputs are identical.
+    """
+
+    def __init__(self, in_channels: int, **kwargs):
+        super().__init__(in_channels, **kwargs)
+        self.mlp = self._mlp(3 * in_channels)
+
+    def forward(self, x: Tensor, graph: Graph, z: Tensor) -> Tensor:
+        x_u = gather_neighbors(x, graph).permute(0, 3, 1, 2)  # (B, C, N, K)
+        x_v = x.unsqueeze(-1)
+        edges = interleave(x_v.expand_as(x_u), x_u - x_v, z.unsqueeze(-1).expand_as(x_u))
+        return self.mlp(edges).amax(dim=-1)
+
+    def forward_sparse(self, x: Tensor, edge_index: Tensor, z: Tensor) -> Tensor:
+        source, target = edge_index
+        edges = interleave(x[target], x[source] - x[target], z[target])
+        messages = _as_nodes(self.mlp, edges)
+        return scatter(messages, target, dim=0, dim_size=x.shape[0], reduce='max')
+
+
+class GGraphSAGE(GGCN):
+    r"""G-GraphSAGE: :math:`x'_v = \mathrm{MLP}_\Psi(x_v \,|\, \max_{u \in \mathcal{N}(v)}
+    \mathrm{MLP}_\Phi(x_u) \,|\, z'_i)`, with :math:`\mathrm{MLP}_\Phi: C \to C`."""
+
+    def __init__(self, in_channels: int, **kwargs):
+        super().__init__(in_channels, **kwargs)
+        self.mlp_phi = self._mlp(in_channels, in_channels)
+        self.mlp_psi = self._mlp(3 * in_channels)
+        self.aggregate = _NeighborAggregation('max')
+
+    def forward(self, x: Tensor, graph: Graph, z: Tensor) -> Tensor:
+        # MLP_phi depends on x_u alone: apply it per token, then gather.
+        phi = self.mlp_phi(x.unsqueeze(-1)).squeeze(-1)
+        pooled = gather_neighbors(phi, graph).amax(dim=2).transpose(1, 2)
+        return self.mlp_psi(interleave(x, pooled, z).unsqueeze(-1)).squeeze(-1)
+
+    def forward_sparse(self, x: Tensor, edge_index: Tensor, z: Tensor) -> Tensor:
+        pooled = self.aggregate(_as_nodes(self.mlp_phi, x), edge_index)
+        return _as_nodes(self.mlp_psi, interleave(x, pooled, z))
+
+
+class GGIN(GGCN):
+    r"""G-GIN: :math:`x'_v = \mathrm{MLP}((1 + \epsilon) x_v + \sum_{u \in \mathcal{N}(v)}
+    x_u + (1 + \delta) z'_i)`, :math:`\epsilon, \delta` learnable scalars (init 0)."""
+
+    def __init__(self, in_channels: int, **kwargs):
+        super().__init__(in_channels, **kwargs)
+        self.mlp = self._mlp(in_channels)
+        self.eps = nn.Parameter(torch.zeros(1))
+        self.delta = nn.Parameter(torch.zeros(1))
+        self.aggregate = _NeighborAggregation('sum')
+
+    def _combine(self, x: Tensor, neighbor_sum: Tensor, z: Tensor) -> Tensor:
+        return (1 + self.eps) * x + neighbor_sum + (1 + self.delta) * z
+
+    def forward(self, x: Tensor, graph: Graph, z: Tensor) -> Tensor:
+        x_u = gather_neighbors(x, graph) * graph.valid.unsqueeze(-1)
+        h = self._combine(x, x_u.sum(dim=2).transpose(1, 2), z)
+        return self.mlp(h.unsqueeze(-1)).squeeze(-1)
+
+    def forward_sparse(self, x: Tensor, edge_index: Tensor, z: Tensor) -> Tensor:
+        return _as_nodes(self.mlp, self._combine(x, self.aggregate(x, edge_index), z))
+
+
+GRAPH_CONVS = {
+    'mrgcn': GMRGCN,
+    'edgeconv': GEdgeConv,
+    'graphsage': GGraphSAGE,
+    'gin': GGIN,
+}
+
+
+def build_local_update(graph_conv: str, in_channels: int, **kwargs) -> GGCN:
+    """The G-GCN named ``graph_conv`` (one of :data:`GRAPH_CONVS`)."""
+    if graph_conv not in GRAPH_CONVS:
+        raise KeyError(f'Unknown graph_conv {graph_conv!r}; expected one of '
+                       f'{sorted(GRAPH_CONVS)}')
+    return GRAPH_CONVS[graph_conv](in_channels, **kwargs)

@@ -1,0 +1,3 @@
+from .cvig_cls_head import ClusterViGClsHead
+
+__all__ = ['ClusterViGClsHead']

@@ -1,0 +1,273 @@
+"""DEGC's four steps against references: brute force, mmpretrain's ViG k-NN, PyG."""
+import pytest
+import torch
+import torch.nn.functional as F
+from mmpretrain.models.backbones.vig import DenseDilatedKnnGraph
+from torch_geometric.nn import GATv2Conv
+
+from mmcvig.models.degc import (DEGC, GRAPH_CONVS, GlobalUpdate, Partition, build_graph,
+                                build_graph_sparse, build_local_update, cluster_means,
+                                partition)
+from mmcvig.models.degc.graph import _sort_by_cluster, tile_layout
+
+
+def make_partition(labels):
+    """A Partition from explicit labels (B, N), kappa = 1 + max label over the batch."""
+    labels = torch.as_tensor(labels)
+    num_clusters = int(labels.max()) + 1
+    return Partition(labels, F.one_hot(labels, num_clusters).sum(1))
+
+
+def neighbor_sets(graph):
+    """{(b, n): set of valid neighbours}."""
+    out = {}
+    for b in range(graph.neighbors.shape[0]):
+        for n in range(graph.neighbors.shape[1]):
+            out[b, n] = set(graph.neighbors[b, n][graph.valid[b, n]].tolist())
+    return out
+
+
+def brute_force_knn(x, labels, k):
+    """Reference: per token, the k most similar (cosine) tokens of its cluster, self first."""
+    feats = F.normalize(x, dim=-1)
+    out = {}
+    for b in range(x.shape[0]):
+        for n in range(x.shape[1]):
+            members = (labels[b] == labels[b, n]).nonzero().flatten()
+            sim = feats[b, members] @ feats[b, n]
+            sim[members == n] = float('inf')
+            top = sim.topk(min(k, len(members))).indices
+            out[b, n] = set(members[top].tolist())
+    return out
+
+
+# ------------------------------------------------------------------------ partition
+class TestPartition:
+
+    def test_shapes_no_grad_and_counts(self):
+        x = torch.randn(3, 50, 8, requires_grad=True)
+        part = partition(x, 4)
+        assert part.labels.shape == (3, 50) and part.counts.shape == (3, 4)
+        assert not part.labels.requires_grad
+        assert torch.equal(part.counts.sum(1), torch.full((3, ), 50))
+        assert part.labels.min() >= 0 and part.labels.max() < 4
+
+    def test_recovers_separated_blobs(self):
+        gen = torch.Generator().manual_seed(0)
+        centres = torch.randn(3, 16, generator=gen) * 10
+        truth = torch.arange(60) % 3
+        x = (centres[truth] + 0.1 * torch.randn(60, 16, generator=gen)).unsqueeze(0)
+        labels = partition(x, 3).labels[0]
+        # Same grouping up to a renaming of the clusters.
+        for c in range(3):
+            assert labels[truth == c].unique().numel() == 1
+        assert labels.unique().numel() == 3
+
+    def test_batch_independence(self):
+        x = torch.randn(4, 64, 16)
+        x[2] = 0  # a degenerate image must not disturb the others either
+        together = partition(x, 4).labels
+        for i in range(4):
+            assert torch.equal(partition(x[i:i + 1], 4).labels[0], together[i])
+
+    def test_random_init_differs_by_seed(self):
+        x = torch.randn(1, 200, 4)
+        labels = set()
+        for seed in range(5):
+            torch.manual_seed(seed)
+            labels.add(tuple(partition(x, 6, init='random', max_iters=1).labels[0].tolist()))
+        assert len(labels) > 1
+
+    def test_deterministic_grid(self):
+        x = torch.randn(2, 100, 8)
+        assert torch.equal(partition(x, 5).labels, partition(x, 5).labels)
+
+    def test_early_stop_matches_full_iterations(self):
+        x = torch.randn(2, 120, 8)
+        assert torch.equal(partition(x, 4, tol=0.0).labels, partition(x, 4, tol=None).labels)
+
+    def test_more_clusters_than_tokens_and_constant_input(self):
+        part = partition(torch.randn(2, 3, 8), 6)
+        assert part.counts.shape == (2, 6) and (part.counts[:, 3:] == 0).all()
+        const = partition(torch.ones(1, 40, 8), 4)
+        assert const.counts.sum() == 40  # degenerate, but every token is assigned
+
+    def test_fp32_under_bf16_input(self):
+        x = torch.randn(2, 64, 8)
+        assert torch.equal(partition(x.bfloat16().float(), 4).labels,
+                           partition(x.bfloat16(), 4).labels)
+
+    def test_unknown_init(self):
+        with pytest.raises(ValueError, match='grid'):
+            partition(torch.randn(1, 8, 4), 2, init='kmeans++')
+
+
+# ---------------------------------------------------------------------- build_graph
+class TestBuildGraph:
+
+    def test_one_cluster_equals_vig_knn(self):
+        """With one partition, DEGC's graph is ViG's global k-NN (mmpretrain)."""
+        x = torch.randn(2, 64, 16)
+        graph = build_graph(x, make_partition(torch.zeros(2, 64, dtype=torch.long)), k=9)
+        vig = DenseDilatedKnnGraph(k=9)(x.transpose(1, 2).unsqueeze(-1))  # (2, B, N, k)
+        for b in range(2):
+            for n in range(64):
+                assert set(graph.neighbors[b, n].tolist()) == set(vig[0, b, n].tolist())
+        assert graph.valid.all()
+        assert torch.equal(graph.neighbors[..., 0], torch.arange(64).expand(2, -1))
+
+    @pytest.mark.parametrize('tile', [4, 7, 32])
+    def test_uneven_partitions_match_brute_force(self, tile):
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(3, 50, 8, generator=gen)
+        labels = torch.randint(0, 5, (3, 50), generator=gen)
+        labels[0, :45] = 0  # one dominant cluster
+        labels[1] = torch.where(labels[1] == 2, 3, labels[1])  # cluster 2 empty
+        labels[2, :3] = 4  # ensure a tiny cluster
+        labels[2, 3:] = torch.where(labels[2, 3:] == 4, 0, labels[2, 3:])
+        part = make_partition(labels)
+        graph = build_graph(x, part, k=6, tile=tile)
+        assert graph.neighbors.shape == (3, 50, 6)
+        ref = brute_force_knn(x, labels, 6)
+        got = neighbor_sets(graph)
+        assert got == ref
+        for (b, n), nbrs in got.items():
+            assert (labels[b, list(nbrs)] == labels[b, n]).all()
+        # Small clusters: padding slots are invalid and point at the token itself.
+        small = ~graph.valid
+        assert small.any()
+        self_idx = torch.arange(50).view(1, -1, 1).expand_as(graph.neighbors)
+        assert torch.equal(graph.neighbors[small], self_idx[small])
+
+    def test_fewer_tokens_than_k(self):
+        x = torch.randn(1, 4, 8)
+        graph = build_graph(x, make_partition(torch.zeros(1, 4, dtype=torch.long)), k=9)
+        assert graph.neighbors.shape == (1, 4, 9)
+        assert graph.valid.sum(-1).tolist() == [[4, 4, 4, 4]]
+
+    def test_sparse_graph_equals_dense(self):
+        gen = torch.Generator().manual_seed(3)
+        x = torch.randn(2, 40, 8, generator=gen)
+        labels = torch.randint(0, 4, (2, 40), generator=gen)
+        labels[1, labels[1] == 1] = 0
+        part = make_partition(labels)
+        dense = neighbor_sets(build_graph(x, part, k=5))
+        arranged, edge_index = build_graph_sparse(x, part, k=5)
+        sparse = {key: set() for key in dense}
+        for src, dst in edge_index.t().tolist():
+            s, d = arranged.order[src].item(), arranged.order[dst].item()
+            sparse[d // 40, d % 40].add(s % 40)
+        assert sparse == dense
+
+    def test_tiles_stay_inside_one_cluster(self):
+        """Cost follows cluster sizes: each tile searches only its own cluster."""
+        gen = torch.Generator().manual_seed(0)
+        labels = torch.randint(0, 6, (2, 300), generator=gen)
+        labels[1, labels[1] == 2] = 0  # an empty cluster
+        part = make_partition(labels)
+        tile = 16
+        layout = tile_layout(part, tile)
+        assert layout.key.shape[-1] == part.counts.max()
+        assert layout.query.shape[1] * tile <= 300 + 6 * tile
+        order = _sort_by_cluster(part)
+        for b in range(2):
+            sorted_labels = labels[b, order[b]]
+            for t in range(layout.query.shape[1]):
+                q = sorted_labels[layout.query[b, t][layout.query_ok[b, t]]]
+                k = sorted_labels[layout.key[b, t][layout.key_ok[b, t]]]
+                if len(q):
+                    assert (q == q[0]).all() and (k == q[0]).all()
+                    assert len(k) == part.counts[b, q[0]]
+            # Every token is a query exactly once.
+            queries = layout.query[b][layout.query_ok[b]]
+            assert sorted(queries.tolist()) == list(range(300))
+
+
+# -------------------------------------------------------------------- global_update
+def test_global_update_equals_pyg_gatv2():
+    torch.manual_seed(0)
+    b, kappa, c = 3, 5, 16
+    z = torch.randn(b, kappa, c)
+    present = torch.ones(b, kappa, dtype=torch.bool)
+    present[1, 2] = present[2, 0] = present[2, 4] = False  # empty partitions
+    ours = GlobalUpdate(c)
+    torch.nn.init.normal_(ours.bias)
+    ref = GATv2Conv(c, c, heads=1, negative_slope=0.2, add_self_loops=True,
+                    share_weights=False, bias=True)
+    with torch.no_grad():
+        ref.lin_l.weight.copy_(ours.lin_l.weight)
+        ref.lin_l.bias.copy_(ours.lin_l.bias)
+        ref.lin_r.weight.copy_(ours.lin_r.weight)
+        ref.lin_r.bias.copy_(ours.lin_r.bias)
+        ref.att.copy_(ours.att.view(1, 1, c))
+        ref.bias.copy_(ours.bias)
+    out = ours(z, present)
+    for i in range(b):
+        nodes = present[i].nonzero().flatten()
+        m = len(nodes)
+        # Complete directed graph over the present centroids (GATv2Conv adds self loops).
+        src, dst = torch.meshgrid(torch.arange(m), torch.arange(m), indexing='ij')
+        keep = src != dst
+        edge_index = torch.stack([src[keep], dst[keep]])
+        expected = ref(z[i, nodes], edge_index)
+        torch.testing.assert_close(out[i, nodes], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_cluster_means_have_gradient_and_skip_empty():
+    x = torch.randn(1, 6, 4, requires_grad=True)
+    part = make_partition(torch.tensor([[0, 0, 2, 2, 2, 0]]))
+    z = cluster_means(x, part)
+    torch.testing.assert_close(z[0, 0], x[0, [0, 1, 5]].mean(0))
+    assert torch.equal(z[0, 1], torch.zeros(4))
+    z.sum().backward()
+    assert x.grad.abs().sum() > 0
+
+
+# --------------------------------------------------------------------- local_update
+@pytest.mark.parametrize('graph_conv', sorted(GRAPH_CONVS))
+@pytest.mark.parametrize('groups', [1, 4])
+def test_dense_and_sparse_local_update_agree(graph_conv, groups):
+    gen = torch.Generator().manual_seed(7)
+    b, n, c, k = 3, 45, 16, 6
+    x = torch.randn(b, n, c, generator=gen)
+    z = torch.randn(b, n, c, generator=gen)
+    labels = torch.randint(0, 4, (b, n), generator=gen)
+    labels[0, :40] = 0  # uneven
+    labels[1] = torch.where(labels[1] == 3, 1, labels[1])  # cluster 3 empty
+    labels[2, :2] = 3  # a 2-node cluster, smaller than k
+    labels[2, 2:] = torch.where(labels[2, 2:] == 3, 2, labels[2, 2:])
+    part = make_partition(labels)
+    module = build_local_update(graph_conv, c, groups=groups).eval()
+    for param in module.parameters():  # move eps/delta and BN affine off their defaults
+        torch.nn.init.normal_(param, std=0.5) if param.dim() <= 1 else None
+    dense = module(x.transpose(1, 2), build_graph(x, part, k), z.transpose(1, 2))
+
+    arranged, edge_index = build_graph_sparse(x, part, k)
+    flat = arranged.order
+    sparse = module.forward_sparse(x.reshape(-1, c)[flat], edge_index, z.reshape(-1, c)[flat])
+    sparse = torch.empty_like(sparse).index_copy_(0, flat, sparse).view(b, n, -1)
+    torch.testing.assert_close(dense.transpose(1, 2), sparse, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('graph_conv', sorted(GRAPH_CONVS))
+def test_degc_dense_sparse_modules_agree(graph_conv):
+    torch.manual_seed(0)
+    dense = DEGC(16, num_clusters=4, k=7, graph_conv=graph_conv, groups=2).eval()
+    sparse = DEGC(16, num_clusters=4, k=7, graph_conv=graph_conv, groups=2,
+                  graph_impl='sparse').eval()
+    sparse.load_state_dict(dense.state_dict())
+    x = torch.randn(2, 16, 7, 9)
+    out = dense(x)
+    assert out.shape == (2, 32, 7, 9)
+    torch.testing.assert_close(out, sparse(x), rtol=1e-4, atol=1e-5)
+
+
+def test_degc_invalid_settings():
+    with pytest.raises(ValueError, match='num_clusters'):
+        DEGC(8, num_clusters=0)
+    with pytest.raises(ValueError, match='k must'):
+        DEGC(8, k=0)
+    with pytest.raises(KeyError, match='mrgcn'):
+        DEGC(8, graph_conv='gcn')
+    with pytest.raises(ValueError, match='dense'):
+        DEGC(8, graph_impl='csr')
