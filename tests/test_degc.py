@@ -8,6 +8,7 @@ from torch_geometric.nn import GATv2Conv
 from mmcvig.models.degc import (DEGC, GRAPH_CONVS, GlobalUpdate, Partition, build_graph,
                                 build_graph_sparse, build_local_update, cluster_means,
                                 partition)
+from mmcvig.models.degc import graph as graph_module
 from mmcvig.models.degc.graph import _sort_by_cluster, tile_layout
 
 
@@ -271,3 +272,15 @@ def test_degc_invalid_settings():
         DEGC(8, graph_conv='gcn')
     with pytest.raises(ValueError, match='dense'):
         DEGC(8, graph_impl='csr')
+
+
+def test_static_shape_graph_equals_dynamic(monkeypatch):
+    """The bounds used while tracing/exporting/compiling give the same graph."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 70, 8, generator=gen)
+    part = partition(x, 4)
+    dynamic = build_graph(x, part, k=9, tile=16)
+    monkeypatch.setattr(graph_module, '_static_shapes', lambda: True)
+    static = build_graph(x, part, k=9, tile=16)
+    assert neighbor_sets(static) == neighbor_sets(dynamic)
+    assert torch.equal(static.valid, dynamic.valid)

@@ -17,6 +17,21 @@ from ..degc import DEGC
 from ..necks import SimplePyramid
 
 
+def _check_input(x: Tensor):
+    """Refuse what would otherwise turn into silent garbage deep inside DEGC.
+
+    A NaN anywhere in an image makes every k-means distance of that image NaN, so its
+    partition and graph become arbitrary. One pass over the input is cheap next to the
+    network; it is skipped while tracing or compiling, where it cannot branch.
+    """
+    if x.dim() != 4 or x.shape[1] != 3:
+        raise ValueError(f'ClusterViG expects images (B, 3, H, W), got shape {tuple(x.shape)}')
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return
+    if not torch.isfinite(x).all():
+        raise ValueError('ClusterViG input contains NaN or Inf values')
+
+
 class Stem(Sequential):
     """3x3 conv-BN-GELU layers, ``log2(stride)`` of them with stride 2 and the rest of four
     with stride 1, widths ``max(C // 2**(3 - i), 64)``, then a 3x3 conv-BN to ``C``.
@@ -118,6 +133,8 @@ class ClusterViG(BaseModule):
         graph_impl (str): 'dense' (default) or 'sparse', see :class:`DEGC`.
         kmeans_init (str): 'grid' (deterministic, default) or 'random' (the paper's).
         kmeans_iters (int): at most this many k-means iterations per DEGC.
+        kmeans_tol (float, optional): k-means early stop (see :func:`partition`);
+            ``None`` always runs ``kmeans_iters`` iterations (static graph, for export).
         frozen_stages (int): -1 trains everything; 0 freezes the stem and pos_embed;
             ``i > 0`` also freezes the first ``i`` blocks.
         pyramid (dict, optional): build a :class:`SimplePyramid` on the outputs (kwargs
@@ -144,7 +161,8 @@ class ClusterViG(BaseModule):
                  out_indices: Union[int, Sequence[int]] = -1, drop_path_rate: float = 0.,
                  graph_conv: str = 'mrgcn', num_clusters: int = None,
                  cluster_size: int = None, graph_impl: str = 'dense',
-                 kmeans_init: str = 'grid', kmeans_iters: int = 20, pyramid: dict = None,
+                 kmeans_init: str = 'grid', kmeans_iters: int = 20,
+                 kmeans_tol: float = 0.0, pyramid: dict = None,
                  frozen_stages: int = -1, norm_eval: bool = False, with_cp: bool = False, norm_cfg=dict(type='BN'),
                  act_cfg=dict(type='GELU'), init_cfg=None):
         super().__init__(init_cfg)
@@ -174,7 +192,7 @@ class ClusterViG(BaseModule):
                             cluster_size=cluster_size,
                             groups=self.arch['groups'], graph_conv=graph_conv,
                             graph_impl=graph_impl, kmeans_init=kmeans_init,
-                            kmeans_iters=kmeans_iters)
+                            kmeans_iters=kmeans_iters, kmeans_tol=kmeans_tol)
             for k, dp in zip(ks, drop_paths)
         ])
         self.pyramid = None
@@ -233,6 +251,7 @@ class ClusterViG(BaseModule):
             tuple[Tensor]: :math:`(B, C, \\lceil H/s \\rceil, \\lceil W/s \\rceil)` per out
             index, ``s`` the arch's stride; with ``pyramid``, its levels.
         """
+        _check_input(x)
         x = self.stem(x)
         x = x + self.resized_pos_embed(*x.shape[-2:])
         outs = []

@@ -109,11 +109,19 @@ class TileLayout(NamedTuple):
     rank: Tensor
 
 
+def _static_shapes() -> bool:
+    """True while tracing, exporting or compiling: shapes must not depend on values."""
+    return (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+            or torch.compiler.is_compiling())
+
+
 def tile_layout(part: Partition, tile: int) -> TileLayout:
     """Cut every cluster into tiles of ``tile`` queries; a tile's keys are its cluster.
 
-    There are at most :math:`N / T + \\kappa` tiles of :math:`T` queries and
-    :math:`\\max_i |V^i|` keys each.
+    There are at most :math:`\\lceil N / T \\rceil + \\kappa` tiles of :math:`T`
+    queries and :math:`\\max_i |V^i|` keys each. While tracing, exporting or compiling,
+    those bounds (with :math:`N` keys) are used instead of the data's values, so one
+    graph serves every input.
     """
     counts = part.counts
     batch, num_clusters = counts.shape
@@ -121,14 +129,17 @@ def tile_layout(part: Partition, tile: int) -> TileLayout:
     device = counts.device
     tiles = (counts + tile - 1) // tile
     tile_end = tiles.cumsum(1)
-    num_tiles = int(tile_end[:, -1].max())
+    if _static_shapes():
+        num_tiles, width = -(-num_tokens // tile) + num_clusters, num_tokens
+    else:
+        num_tiles, width = int(tile_end[:, -1].max()), int(counts.max())
     tile_id = torch.arange(num_tiles, device=device).expand(batch, -1).contiguous()
     cluster = torch.searchsorted(tile_end, tile_id, right=True).clamp(max=num_clusters - 1)
     size = counts.gather(1, cluster).unsqueeze(-1)
     base = (counts.cumsum(1) - counts).gather(1, cluster).unsqueeze(-1)
     first = (tile_id - (tile_end - tiles).gather(1, cluster)).unsqueeze(-1) * tile
     rank = first + torch.arange(tile, device=device)
-    key_rank = torch.arange(int(counts.max()), device=device)
+    key_rank = torch.arange(width, device=device)
     return TileLayout(query=(base + rank).clamp(max=num_tokens - 1), query_ok=rank < size,
                       key=(base + key_rank).clamp(max=num_tokens - 1), key_ok=key_rank < size,
                       rank=rank)
