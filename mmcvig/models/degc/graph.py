@@ -165,32 +165,32 @@ def build_graph(x: Tensor, part: Partition, k: int, tile: int = 32) -> Graph:
         Graph: neighbours :math:`(B, N, K)` in input token order.
     """
     batch, num_tokens, channels = x.shape
-    order = _sort_by_cluster(part)
-    feats = F.normalize(x.float(), dim=-1).gather(1, order.unsqueeze(-1).expand(-1, -1, channels))
     layout = tile_layout(part, min(tile, num_tokens))
     num_tiles, tile, width = layout.query.shape[1], layout.query.shape[2], layout.key.shape[2]
+    # Work on flat token indices (b * N + n): features are then picked as whole rows.
+    offset = torch.arange(batch, device=x.device).unsqueeze(1) * num_tokens
+    order = _sort_by_cluster(part) + offset
+    query = order.gather(1, layout.query.view(batch, -1))  # (B, tiles * T)
+    key = order.gather(1, layout.key.view(batch, -1)).view(batch, num_tiles, 1, width)
+    feats = F.normalize(x.float(), dim=-1).reshape(-1, channels)
 
-    def rows(positions):  # (B, tiles, n) sorted positions -> (B, tiles, n, C) features
-        flat = positions.reshape(batch, -1, 1).expand(-1, -1, channels)
-        return feats.gather(1, flat).view(*positions.shape, channels)
-
-    sim = rows(layout.query) @ rows(layout.key).transpose(-1, -2)  # (B, tiles, T, W)
+    # index_select copies whole rows; advanced indexing goes through a slower generic path.
+    queries = feats.index_select(0, query.flatten()).view(batch, num_tiles, tile, channels)
+    keys = feats.index_select(0, key.flatten()).view(batch, num_tiles, width, channels)
+    sim = queries @ keys.transpose(-1, -2)  # (B, tiles, T, W)
     is_self = layout.rank.unsqueeze(-1) == torch.arange(width, device=x.device)
-    sim = sim.masked_fill(is_self, _SELF_SCORE)
-    sim = sim.masked_fill(~layout.key_ok.unsqueeze(2), float('-inf'))
+    sim.masked_fill_(is_self, _SELF_SCORE)
+    sim.masked_fill_(~layout.key_ok.unsqueeze(2), float('-inf'))
     top_sim, top = sim.topk(min(k, width), dim=-1)
-    valid = top_sim > float('-inf')
-    nbr_sorted = layout.key.unsqueeze(2).expand(-1, -1, tile, -1).gather(-1, top)
+    nbr = key.expand(-1, -1, tile, -1).gather(-1, top).view(batch * num_tiles * tile, -1)
+    valid = (top_sim > float('-inf')).view_as(nbr)
 
-    # Sorted positions -> input token indices; padding queries write to a dropped row.
-    nbr = order.gather(1, nbr_sorted.flatten(1)).view(batch, num_tiles * tile, -1)
-    query = order.gather(1, layout.query.flatten(1))
-    query = query.masked_fill(~layout.query_ok.flatten(1), num_tokens).unsqueeze(-1)
-    neighbors = nbr.new_zeros(batch, num_tokens + 1, nbr.shape[-1])
-    neighbors = neighbors.scatter_(1, query.expand_as(nbr), nbr)[:, :num_tokens]
-    valid_out = valid.new_zeros(batch, num_tokens + 1, nbr.shape[-1])
-    valid_out = valid_out.scatter_(1, query.expand_as(nbr),
-                                   valid.view_as(nbr))[:, :num_tokens]
+    # Back to input order; padding queries write to one extra, dropped row.
+    rows = query.masked_fill(~layout.query_ok.view(batch, -1), batch * num_tokens).flatten()
+    neighbors = nbr.new_zeros(batch * num_tokens + 1, nbr.shape[1]).index_copy_(0, rows, nbr)
+    valid_out = valid.new_zeros(neighbors.shape).index_copy_(0, rows, valid)
+    neighbors = neighbors[:-1].view(batch, num_tokens, -1) - offset.unsqueeze(-1)
+    valid_out = valid_out[:-1].view(batch, num_tokens, -1)
     return _self_padded(neighbors, valid_out, k)
 
 

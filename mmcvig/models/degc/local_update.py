@@ -45,7 +45,9 @@ def gather_neighbors(x: Tensor, graph: Graph) -> Tensor:
     batch, channels, num_tokens = x.shape
     offset = torch.arange(batch, device=x.device).view(-1, 1, 1) * num_tokens
     rows = x.transpose(1, 2).reshape(batch * num_tokens, channels)
-    return rows[graph.neighbors + offset]
+    # index_select copies whole rows; advanced indexing goes through a slower generic path.
+    picked = rows.index_select(0, (graph.neighbors + offset).flatten())
+    return picked.view(*graph.neighbors.shape, channels)
 
 
 def _as_nodes(module: nn.Module, h: Tensor) -> Tensor:

@@ -76,7 +76,7 @@ def partition(x: Tensor,
     Returns:
         Partition: labels :math:`(B, N)` and cluster sizes :math:`(B, \\kappa)`.
     """
-    x = x.detach().float()
+    x = x.detach().float().contiguous()  # one copy here, not one per matmul below
     num_clusters_eff = min(num_clusters, x.shape[1])
     centroids = _init_centroids(x, num_clusters_eff, init)
     x_sq = x.square().sum(-1, keepdim=True)
