@@ -36,14 +36,28 @@ def parse_args():
 
 
 class _TensorForward(torch.nn.Module):
-    """``model(images)`` -> backbone + neck + head tensors, for hooks and the analyzer."""
+    """``model(images)`` -> backbone + neck + head tensors, for hooks and the analyzer.
 
-    def __init__(self, model):
+    ``data_samples`` stay fixed, out of the traced inputs: mmdet's two-stage detectors
+    need the image shapes to turn RPN outputs into the proposals their RoI heads take.
+    """
+
+    def __init__(self, model, data_samples=None):
         super().__init__()
         self.model = model
+        self.data_samples = data_samples
 
     def forward(self, images):
-        return self.model(images, mode='tensor')
+        return self.model(images, self.data_samples, mode='tensor')
+
+
+def detection_samples(height, width):
+    """One mmdet data sample with the meta information of an unresized, unpadded
+    ``height x width`` image, as the data preprocessor would set it."""
+    from mmdet.structures import DetDataSample
+    shape = (height, width)
+    return [DetDataSample(metainfo=dict(img_shape=shape, ori_shape=shape, pad_shape=shape,
+                                        batch_input_shape=shape, scale_factor=(1., 1.)))]
 
 
 def build(cfg):
@@ -63,7 +77,8 @@ def main():
     model, scope = build(cfg)
     shape = args.shape or ([224] if scope == 'mmpretrain' else [800, 1333])
     height, width = shape[0], shape[-1]
-    wrapped = _TensorForward(model)
+    samples = detection_samples(height, width) if scope == 'mmdet' else None
+    wrapped = _TensorForward(model, samples)
     inputs = (torch.zeros(1, 3, height, width), )
     conv = count_conv_macs(wrapped, inputs)
     full = count_full_macs(wrapped, inputs)

@@ -1,0 +1,8 @@
+# Mask R-CNN + FPN with ClusterViG-B: the CViG-S recipe with the base backbone and more
+# stochastic depth for the larger model.
+_base_ = './mask-rcnn_cvig-s_fpn_1x_coco.py'
+
+pretrained = 'work_dirs/cvig-b_8xb128_in1k/epoch_300.pth'  # configs/cvig-b_8xb128_in1k.py
+model = dict(
+    backbone=dict(arch='base', drop_path_rate=0.2, init_cfg=dict(checkpoint=pretrained)),
+    neck=dict(in_channels=[160, 320, 640, 640]))

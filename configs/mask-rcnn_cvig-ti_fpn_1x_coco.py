@@ -1,0 +1,7 @@
+# Mask R-CNN + FPN with ClusterViG-Ti: the CViG-S recipe with the tiny backbone.
+_base_ = './mask-rcnn_cvig-s_fpn_1x_coco.py'
+
+pretrained = 'work_dirs/cvig-ti_8xb128_in1k/epoch_300.pth'  # configs/cvig-ti_8xb128_in1k.py
+model = dict(
+    backbone=dict(arch='tiny', init_cfg=dict(checkpoint=pretrained)),
+    neck=dict(in_channels=[48, 96, 192, 192]))

@@ -1,0 +1,3 @@
+from .toy_coco import CLASSES, ToyCocoDataset, ToyCocoSpec, generate
+
+__all__ = ['CLASSES', 'ToyCocoDataset', 'ToyCocoSpec', 'generate']
