@@ -1,6 +1,6 @@
 from .version import __version__
 from . import compat
 compat.apply_compat()  # before anything loads a checkpoint: see mmcvig/compat.py
-from . import models  # noqa: F401,E402  (registers the modules in mmdet's and mmpretrain's MODELS)
+from . import engine, models  # noqa: F401,E402  (register hooks, wrappers and models)
 
 __all__ = ['__version__']

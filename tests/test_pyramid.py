@@ -40,3 +40,10 @@ def test_no_adapter_weights_by_default():
     model = ClusterViG(MINI)
     assert model.pyramid is None
     assert not any(k.startswith('pyramid') for k in model.state_dict())
+
+
+def test_paper_rule_counts_transposed_convs():
+    from mmcvig.analysis import count_conv_macs
+    pyramid = SimplePyramid(32, scales=(2, ))
+    # One 2x2 stride-2 transposed conv, 32 -> 16 channels, on a 5x7 map.
+    assert count_conv_macs(pyramid, ([torch.zeros(1, 32, 5, 7)], )) == 5 * 7 * 32 * 16 * 4

@@ -20,23 +20,29 @@ def count_params(model: nn.Module) -> int:
 
 
 def _paper_counted_convs(model: nn.Module):
-    """Every Conv2d of ``model`` except those inside a G-GCN."""
+    """Every (transposed) 2-d convolution of ``model`` except those inside a G-GCN."""
     skip = {id(m) for g in model.modules() if isinstance(g, GGCN) for m in g.modules()}
-    return [m for m in model.modules() if isinstance(m, nn.Conv2d) and id(m) not in skip]
+    convs = (nn.Conv2d, nn.ConvTranspose2d)
+    return [m for m in model.modules() if isinstance(m, convs) and id(m) not in skip]
 
 
 @torch.no_grad()
 def count_conv_macs(model: nn.Module, inputs: Sequence[torch.Tensor]) -> int:
     """MACs of the convolutions the paper counts, for one forward of ``inputs``.
 
-    A convolution costs ``out_elements * in_channels / groups * kh * kw`` (bias free).
+    A convolution costs ``out_elements * in_channels / groups * kh * kw`` (bias free); a
+    transposed one ``in_elements * out_channels / groups * kh * kw`` (every input element
+    is spread over a kernel of every output channel).
     """
     total = 0
 
-    def hook(conv, _, out):
+    def hook(conv, inputs, out):
         nonlocal total
         kh, kw = conv.kernel_size
-        total += out.numel() * conv.in_channels // conv.groups * kh * kw
+        if isinstance(conv, nn.ConvTranspose2d):
+            total += inputs[0].numel() * conv.out_channels // conv.groups * kh * kw
+        else:
+            total += out.numel() * conv.in_channels // conv.groups * kh * kw
 
     handles = [m.register_forward_hook(hook) for m in _paper_counted_convs(model)]
     try:

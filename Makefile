@@ -1,0 +1,25 @@
+# Entry points of the project: `make demo` and `make test`. Both first run `make env`,
+# which builds .venv/ with the pinned OpenMMLab stack (tools/setup_env.sh; it returns at
+# once when the environment is already up to date).
+#
+# Overridable: VENV (where the environment lives), PYTHON (the interpreter that runs the
+# demo and the tests, by default the one in VENV), PYTEST_ARGS (extra pytest arguments).
+VENV ?= $(CURDIR)/.venv
+PYTHON ?= $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: env test demo clean
+
+env:
+	MMCVIG_VENV="$(VENV)" bash tools/setup_env.sh
+
+test: env
+	"$(PYTHON)" -m pytest tests -q -p no:cacheprovider --timeout=900 $(PYTEST_ARGS)
+
+demo: env
+	PYTHON="$(PYTHON)" bash tools/demo.sh
+
+# Leaves .venv/ alone: rebuilding it compiles mmcv (minutes). `rm -rf .venv` for that.
+clean:
+	rm -rf work_dirs build dist .pytest_cache
+	find . -path ./.venv -prune -o -name __pycache__ -type d -exec rm -rf {} +

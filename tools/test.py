@@ -1,0 +1,207 @@
+# Copyright (c) OpenMMLab. All rights reserved. Adapted for mmcvig.
+"""Test (and evaluate) a detector (``default_scope='mmdet'``) or a classifier
+(``default_scope='mmpretrain'``) with mmengine's Runner.
+
+The command line is the one of mmdet's and mmpretrain's ``tools/test.py``.
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+import warnings
+from copy import deepcopy
+
+# Runnable from a checkout without installing or setting PYTHONPATH: the repository root
+# goes first on the path so that `import mmcvig` (and its compatibility fixes) is this one.
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+from mmengine.config import Config, ConfigDict, DictAction  # noqa: E402
+from mmengine.registry import RUNNERS  # noqa: E402
+from mmengine.runner import Runner  # noqa: E402
+
+import mmcvig  # noqa: E402,F401  (applies mmcvig.compat)
+from mmcvig.datasets.checks import check_data  # noqa: E402
+
+SCOPES = ('mmdet', 'mmpretrain')
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(
+        description='Test (and eval) a model with mmcvig')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument(
+        '--work-dir',
+        help='the directory to save the file containing evaluation metrics')
+    parser.add_argument(
+        '--out',
+        type=str,
+        help='dump predictions to a pickle file for offline evaluation')
+    parser.add_argument(
+        '--show', action='store_true', help='show prediction results')
+    parser.add_argument(
+        '--show-dir',
+        help='directory where painted images will be saved. '
+        'If specified, it will be automatically saved '
+        'to the work_dir/timestamp/show_dir')
+    parser.add_argument(
+        '--wait-time', type=float, default=2, help='the interval of show (s)')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override some settings in the used config, the key-value pair '
+        'in xxx=yyy format will be merged into config file. If the value to '
+        'be overwritten is a list, it should be like key="[a,b]" or key=a,b '
+        'It also allows nested list/tuple values, e.g. key="[(a,b),(c,d)]" '
+        'Note that the quotation marks are necessary and that no white space '
+        'is allowed.')
+    parser.add_argument(
+        '--launcher',
+        choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none',
+        help='job launcher')
+    parser.add_argument(
+        '--tta',
+        action='store_true',
+        help='test-time augmentation: the config\'s `tta_model` and '
+        '`tta_pipeline`, or by default a horizontal flip')
+    # torch.distributed launchers of PyTorch >= 2.0 pass `--local-rank`, older ones
+    # `--local_rank`.
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args()
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def scope_of(cfg):
+    """The OpenMMLab package the config builds from: 'mmdet' or 'mmpretrain'."""
+    scope = cfg.get('default_scope')
+    if scope not in SCOPES:
+        raise ValueError(f'default_scope must be one of {SCOPES}, got {scope!r} '
+                         f'in {cfg.filename}')
+    return scope
+
+
+def register_modules(scope):
+    """Import the scope's modules into its registries before the Runner is built, so a
+    broken install fails here, with its own import error, rather than as a lookup miss."""
+    if scope == 'mmdet':
+        from mmdet.utils import register_all_modules, setup_cache_size_limit_of_dynamo
+
+        # Fewer repeated compilations when the config asks for torch.compile.
+        setup_cache_size_limit_of_dynamo()
+    else:
+        from mmpretrain.utils import register_all_modules
+    register_all_modules(init_default_scope=False)
+
+
+def enable_visualization(cfg, args, scope):
+    hooks = cfg.default_hooks
+    if 'visualization' not in hooks:
+        raise RuntimeError(
+            'VisualizationHook must be included in default_hooks, e.g. '
+            "visualization=dict(type='VisualizationHook')")
+    hook = hooks.visualization
+    hook.show = args.show
+    hook.wait_time = args.wait_time
+    # mmdet's and mmpretrain's VisualizationHook name the same switches differently.
+    if scope == 'mmdet':
+        hook.draw = True
+        if args.show_dir:
+            hook.test_out_dir = args.show_dir
+    else:
+        hook.enable = True
+        hook.out_dir = args.show_dir
+
+
+def innermost_dataset(dataset_cfg):
+    """The dataset that owns the pipeline, under any dataset wrappers."""
+    while 'dataset' in dataset_cfg:
+        dataset_cfg = dataset_cfg.dataset
+    return dataset_cfg
+
+
+def default_tta(test_pipeline, scope):
+    """Flip TTA as mmdet's and mmpretrain's test.py set it up: (tta_model, tta_pipeline)."""
+    if scope == 'mmdet':
+        tta_model = dict(
+            type='DetTTAModel',
+            tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.5), max_per_img=100))
+        pack = dict(
+            type='PackDetInputs',
+            meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
+                       'scale_factor', 'flip', 'flip_direction'))
+    else:
+        tta_model = dict(type='mmpretrain.AverageClsScoreTTA')
+        pack = test_pipeline[-1]
+    tta_pipeline = deepcopy(test_pipeline)
+    tta_pipeline[-1] = dict(
+        type='TestTimeAug',
+        transforms=[[dict(type='RandomFlip', prob=1.), dict(type='RandomFlip', prob=0.)],
+                    [pack]])
+    return tta_model, tta_pipeline
+
+
+def enable_tta(cfg, scope):
+    dataset = innermost_dataset(cfg.test_dataloader.dataset)
+    tta_model, tta_pipeline = default_tta(dataset.pipeline, scope)
+    for key, default in (('tta_model', tta_model), ('tta_pipeline', tta_pipeline)):
+        if key not in cfg:
+            warnings.warn(f'Cannot find ``{key}`` in config, using flip TTA.')
+            cfg[key] = default
+    cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
+    dataset.pipeline = cfg.tta_pipeline
+
+
+def dump_metric(out_file, scope):
+    """The metric that pickles the predictions to ``out_file``."""
+    assert out_file.endswith(('.pkl', '.pickle')), 'The dump file must be a pkl file.'
+    if scope == 'mmdet':
+        from mmdet.evaluation import DumpDetResults
+
+        # Unlike mmengine's DumpResults it stores masks as RLE and drops ground truth.
+        return DumpDetResults(out_file_path=out_file)
+    from mmengine.evaluator import DumpResults
+    return DumpResults(out_file_path=out_file)
+
+
+def merge_args(cfg, args, scope):
+    """Apply the rest of the command line to the config (CLI > config > defaults)."""
+    cfg.launcher = args.launcher
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs',
+                                osp.splitext(osp.basename(args.config))[0])
+    cfg.load_from = args.checkpoint
+
+    if args.show or args.show_dir:
+        enable_visualization(cfg, args, scope)
+    if args.tta:
+        enable_tta(cfg, scope)
+    return cfg
+
+
+def main():
+    args = parse_args()
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    scope = scope_of(cfg)
+    register_modules(scope)
+    cfg = merge_args(cfg, args, scope)
+    check_data(cfg, ('test_dataloader', ))  # says where a missing data set must go
+
+    if 'runner_type' not in cfg:
+        runner = Runner.from_cfg(cfg)
+    else:
+        runner = RUNNERS.build(cfg)
+    if args.out is not None:
+        runner.test_evaluator.metrics.append(dump_metric(args.out, scope))
+    runner.test()
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,181 @@
+# Copyright (c) OpenMMLab. All rights reserved. Adapted for mmcvig.
+"""Train a detector (``default_scope='mmdet'``) or a classifier
+(``default_scope='mmpretrain'``) with mmengine's Runner.
+
+The command line is the one of mmdet's and mmpretrain's ``tools/train.py``.
+"""
+import argparse
+import logging
+import os
+import os.path as osp
+import sys
+
+# Runnable from a checkout without installing or setting PYTHONPATH: the repository root
+# goes first on the path so that `import mmcvig` (and its compatibility fixes) is this one.
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.device import get_device  # noqa: E402
+from mmengine.logging import print_log  # noqa: E402
+from mmengine.registry import RUNNERS  # noqa: E402
+from mmengine.runner import Runner  # noqa: E402
+
+import mmcvig  # noqa: E402,F401  (applies mmcvig.compat)
+from mmcvig.datasets.checks import check_data  # noqa: E402
+
+SCOPES = ('mmdet', 'mmpretrain')
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description='Train a model with mmcvig')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument('--work-dir', help='the dir to save logs and models')
+    parser.add_argument(
+        '--amp',
+        action='store_true',
+        default=False,
+        help='enable automatic-mixed-precision training')
+    parser.add_argument(
+        '--auto-scale-lr',
+        action='store_true',
+        help='enable automatically scaling LR.')
+    parser.add_argument(
+        '--resume',
+        nargs='?',
+        type=str,
+        const='auto',
+        help='If specify checkpoint path, resume from it, while if not '
+        'specify, try to auto resume from the latest checkpoint '
+        'in the work directory.')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override some settings in the used config, the key-value pair '
+        'in xxx=yyy format will be merged into config file. If the value to '
+        'be overwritten is a list, it should be like key="[a,b]" or key=a,b '
+        'It also allows nested list/tuple values, e.g. key="[(a,b),(c,d)]" '
+        'Note that the quotation marks are necessary and that no white space '
+        'is allowed.')
+    parser.add_argument(
+        '--launcher',
+        choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none',
+        help='job launcher')
+    # torch.distributed launchers of PyTorch >= 2.0 pass `--local-rank`, older ones
+    # `--local_rank`.
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args()
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def scope_of(cfg):
+    """The OpenMMLab package the config builds from: 'mmdet' or 'mmpretrain'."""
+    scope = cfg.get('default_scope')
+    if scope not in SCOPES:
+        raise ValueError(f'default_scope must be one of {SCOPES}, got {scope!r} '
+                         f'in {cfg.filename}')
+    return scope
+
+
+def register_modules(scope):
+    """Import the scope's modules into its registries before the Runner is built, so a
+    broken install fails here, with its own import error, rather than as a lookup miss."""
+    if scope == 'mmdet':
+        from mmdet.utils import register_all_modules, setup_cache_size_limit_of_dynamo
+
+        # Fewer repeated compilations when the config asks for torch.compile.
+        setup_cache_size_limit_of_dynamo()
+    else:
+        from mmpretrain.utils import register_all_modules
+    register_all_modules(init_default_scope=False)
+
+
+def enable_amp(cfg):
+    optim_wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
+    if optim_wrapper == 'AmpOptimWrapper':
+        print_log('AMP training is already enabled in your config.',
+                  logger='current', level=logging.WARNING)
+        return
+    assert optim_wrapper == 'OptimWrapper', (
+        '`--amp` is only supported when the optimizer wrapper type is '
+        f'`OptimWrapper` but got {optim_wrapper}.')
+    if get_device() == 'cpu':
+        # mmengine 0.10.7's AmpOptimWrapper asserts an accelerator: autocast to
+        # bfloat16 on the CPU instead (see mmcvig.engine.CPUAmpOptimWrapper).
+        import mmcvig.engine  # noqa: F401  (registers CPUAmpOptimWrapper)
+        print_log('--amp on the CPU: bfloat16 autocast with CPUAmpOptimWrapper.',
+                  logger='current', level=logging.WARNING)
+        cfg.optim_wrapper.type = 'CPUAmpOptimWrapper'
+    else:
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.loss_scale = 'dynamic'
+
+
+def enable_cpu_distributed(cfg):
+    """Distributed training without GPUs: gloo instead of nccl, and a DDP wrapper that
+    accepts a CPU module (see mmcvig.engine.CPUDistributedDataParallel)."""
+    import mmcvig.engine  # noqa: F401  (registers CPUDistributedDataParallel)
+    cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = 'gloo'
+    wrapper = dict(cfg.get('model_wrapper_cfg') or {})  # keeps e.g. find_unused_parameters
+    wrapper['type'] = 'CPUDistributedDataParallel'
+    cfg.model_wrapper_cfg = wrapper
+
+
+def merge_args(cfg, args):
+    """Apply the rest of the command line to the config (CLI > config > defaults)."""
+    cfg.launcher = args.launcher
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs',
+                                osp.splitext(osp.basename(args.config))[0])
+
+    if args.amp:
+        enable_amp(cfg)
+    if args.launcher != 'none' and get_device() == 'cpu':
+        enable_cpu_distributed(cfg)
+
+    if args.auto_scale_lr:
+        if 'enable' in cfg.get('auto_scale_lr', {}) and \
+                'base_batch_size' in cfg.auto_scale_lr:
+            cfg.auto_scale_lr.enable = True
+        else:
+            raise RuntimeError('Can not find "auto_scale_lr" or '
+                               '"auto_scale_lr.enable" or '
+                               '"auto_scale_lr.base_batch_size" in your'
+                               ' configuration file.')
+
+    # An explicit checkpoint wins over finding the latest one in work_dir.
+    if args.resume == 'auto':
+        cfg.resume = True
+        cfg.load_from = None
+    elif args.resume is not None:
+        cfg.resume = True
+        cfg.load_from = args.resume
+    return cfg
+
+
+def main():
+    args = parse_args()
+    cfg = Config.fromfile(args.config)
+    # First, as it may change default_scope.
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    register_modules(scope_of(cfg))
+    cfg = merge_args(cfg, args)
+    # Before the Runner: a missing data set then says where it must go.
+    check_data(cfg, ('train_dataloader', 'val_dataloader') if cfg.get('val_cfg') else
+               ('train_dataloader', ))
+
+    if 'runner_type' not in cfg:
+        runner = Runner.from_cfg(cfg)
+    else:
+        runner = RUNNERS.build(cfg)
+    runner.train()
+
+
+if __name__ == '__main__':
+    main()
