@@ -8,7 +8,7 @@ VENV ?= $(CURDIR)/.venv
 PYTHON ?= $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: env test demo clean
+.PHONY: env test demo demo-cls clean
 
 env:
 	MMCVIG_VENV="$(VENV)" bash tools/setup_env.sh
@@ -18,6 +18,10 @@ test: env
 
 demo: env
 	PYTHON="$(PYTHON)" bash tools/demo.sh
+
+# The classification counterpart of the demo (toy data set, train, test, top-1).
+demo-cls: env
+	PYTHON="$(PYTHON)" bash tools/demo_cls.sh
 
 # Leaves .venv/ alone: rebuilding it compiles mmcv (minutes). `rm -rf .venv` for that.
 clean:
