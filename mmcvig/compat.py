@@ -55,6 +55,10 @@ def checkpoint_globals():
         np.dtype,
         np.dtypes.Float64DType,
         np.dtypes.Int64DType,
+        # Not seen in our checkpoints, but a metric or hook that logs a float32/int32
+        # numpy scalar would need them; dtype classes carry no code.
+        np.dtypes.Float32DType,
+        np.dtypes.Int32DType,
         multiarray._reconstruct,
         multiarray.scalar,
         # Files written under numpy < 2 name the same functions in numpy.core.

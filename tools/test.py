@@ -5,7 +5,6 @@
 The command line is the one of mmdet's and mmpretrain's ``tools/test.py``.
 """
 import argparse
-import os
 import os.path as osp
 import sys
 import warnings
@@ -21,8 +20,9 @@ from mmengine.runner import Runner  # noqa: E402
 
 import mmcvig  # noqa: E402,F401  (applies mmcvig.compat)
 from mmcvig.datasets.checks import check_data  # noqa: E402
-
-SCOPES = ('mmdet', 'mmpretrain')
+from mmcvig.engine.scope import (  # noqa: E402
+    add_launcher_args, export_local_rank, register_modules,
+    scope_of)
 
 
 def parse_args():
@@ -56,45 +56,15 @@ def parse_args():
         'It also allows nested list/tuple values, e.g. key="[(a,b),(c,d)]" '
         'Note that the quotation marks are necessary and that no white space '
         'is allowed.')
-    parser.add_argument(
-        '--launcher',
-        choices=['none', 'pytorch', 'slurm', 'mpi'],
-        default='none',
-        help='job launcher')
+    add_launcher_args(parser)
     parser.add_argument(
         '--tta',
         action='store_true',
         help='test-time augmentation: the config\'s `tta_model` and '
         '`tta_pipeline`, or by default a horizontal flip')
-    # torch.distributed launchers of PyTorch >= 2.0 pass `--local-rank`, older ones
-    # `--local_rank`.
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args()
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    export_local_rank(args)
     return args
-
-
-def scope_of(cfg):
-    """The OpenMMLab package the config builds from: 'mmdet' or 'mmpretrain'."""
-    scope = cfg.get('default_scope')
-    if scope not in SCOPES:
-        raise ValueError(f'default_scope must be one of {SCOPES}, got {scope!r} '
-                         f'in {cfg.filename}')
-    return scope
-
-
-def register_modules(scope):
-    """Import the scope's modules into its registries before the Runner is built, so a
-    broken install fails here, with its own import error, rather than as a lookup miss."""
-    if scope == 'mmdet':
-        from mmdet.utils import register_all_modules, setup_cache_size_limit_of_dynamo
-
-        # Fewer repeated compilations when the config asks for torch.compile.
-        setup_cache_size_limit_of_dynamo()
-    else:
-        from mmpretrain.utils import register_all_modules
-    register_all_modules(init_default_scope=False)
 
 
 def enable_visualization(cfg, args, scope):

@@ -163,8 +163,8 @@ class ClusterViG(BaseModule):
                  cluster_size: int = None, graph_impl: str = 'dense',
                  kmeans_init: str = 'grid', kmeans_iters: int = 20,
                  kmeans_tol: float = 0.0, pyramid: dict = None,
-                 frozen_stages: int = -1, norm_eval: bool = False, with_cp: bool = False, norm_cfg=dict(type='BN'),
-                 act_cfg=dict(type='GELU'), init_cfg=None):
+                 frozen_stages: int = -1, norm_eval: bool = False, with_cp: bool = False,
+                 norm_cfg=dict(type='BN'), act_cfg=dict(type='GELU'), init_cfg=None):
         super().__init__(init_cfg)
         self.arch = self._parse_arch(arch)
         if num_clusters is not None:

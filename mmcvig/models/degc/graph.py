@@ -13,7 +13,6 @@ Both rank neighbours by Euclidean distance of L2-normalised features (equivalent
 cosine similarity), always include the token itself, and join every node of a cluster
 smaller than ``k``. No gradient flows through the construction, as in ViG.
 """
-import math
 from typing import NamedTuple
 
 import torch
