@@ -31,6 +31,8 @@ def cfg_options(data_root, **extra):
         'train_dataloader.num_workers': 0,
         'train_dataloader.persistent_workers': False,
         'train_dataloader.dataset.data_root': data_root,
+        'val_dataloader.dataset.data_root': data_root,
+        'val_evaluator.ann_file': data_root + 'annotations/instances_val.json',
         'train_dataloader.dataset.pipeline.3.prob': 0.0,
         'train_cfg.val_interval': 100,
         'default_hooks.checkpoint.interval': 1,
