@@ -15,6 +15,8 @@ smaller than ``k``. No gradient flows through the construction, as in ViG.
 """
 from typing import NamedTuple
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -144,8 +146,19 @@ def tile_layout(part: Partition, tile: int) -> TileLayout:
                       rank=rank)
 
 
+def default_tile(num_tokens: int) -> int:
+    """Queries per tile: the power of two nearest :math:`2\\sqrt{N}` (16 at least).
+
+    Every tile copies its cluster's keys, so small tiles multiply that copy (at
+    1333x800, 4,200 tokens, tiles of 32 made the copy 60% of build_graph), while large
+    tiles pad each cluster with up to ``tile - 1`` idle queries. Depends on the shape
+    only, so traced and exported graphs keep it.
+    """
+    return max(16, 2**round(math.log2(2 * math.sqrt(num_tokens))))
+
+
 @torch.no_grad()
-def build_graph(x: Tensor, part: Partition, k: int, tile: int = 32) -> Graph:
+def build_graph(x: Tensor, part: Partition, k: int, tile: int = None) -> Graph:
     """k-NN inside each partition, dense and tiled.
 
     The tokens of each image are sorted by cluster, every cluster is cut into tiles of
@@ -158,13 +171,13 @@ def build_graph(x: Tensor, part: Partition, k: int, tile: int = 32) -> Graph:
         x (Tensor): :math:`(B, N, C)` token features.
         part (Partition): the partition of ``x``.
         k (int): neighbours per token, self included.
-        tile (int): queries per tile.
+        tile (int, optional): queries per tile; :func:`default_tile` when None.
 
     Returns:
         Graph: neighbours :math:`(B, N, K)` in input token order.
     """
     batch, num_tokens, channels = x.shape
-    layout = tile_layout(part, min(tile, num_tokens))
+    layout = tile_layout(part, min(tile or default_tile(num_tokens), num_tokens))
     num_tiles, tile, width = layout.query.shape[1], layout.query.shape[2], layout.key.shape[2]
     # Work on flat token indices (b * N + n): features are then picked as whole rows.
     offset = torch.arange(batch, device=x.device).unsqueeze(1) * num_tokens

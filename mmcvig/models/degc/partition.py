@@ -37,17 +37,27 @@ def _init_centroids(x: Tensor, num_clusters: int, init: str) -> Tensor:
     return x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
-def _assign(x: Tensor, x_sq: Tensor, centroids: Tensor) -> Tensor:
-    """Nearest centroid of every token: argmin ||x||^2 - 2 x.c + ||c||^2 over clusters."""
+def _assign(x: Tensor, centroids: Tensor) -> Tensor:
+    """Nearest centroid of every token: argmin over clusters of ||c||^2 - 2 x.c
+    (||x||^2 is the same for every cluster of a token, so it is left out)."""
     scores = torch.baddbmm(centroids.square().sum(-1).unsqueeze(1), x, centroids.transpose(1, 2),
                            alpha=-2)
-    return (scores + x_sq).argmin(dim=-1)
+    return scores.argmin(dim=-1)
 
 
 def _cluster_sums(x: Tensor, labels: Tensor, num_clusters: int):
     """Per-cluster feature sums :math:`(B, \\kappa, C)` and sizes :math:`(B, \\kappa)`."""
     one_hot = torch.nn.functional.one_hot(labels, num_clusters).to(x.dtype)
     return one_hot.transpose(1, 2) @ x, one_hot.sum(1)
+
+
+def _converged(tol, labels, new_labels, centroids, new_centroids) -> bool:
+    """Early-stop test of :func:`partition` (see its ``tol``)."""
+    if tol is None:
+        return False
+    if tol == 0:  # a fixed point: the next update would give the same centroids again
+        return torch.equal(new_labels, labels)
+    return bool((new_centroids - centroids).square().sum(-1).max() <= tol)
 
 
 @torch.no_grad()
@@ -69,9 +79,10 @@ def partition(x: Tensor,
         max_iters (int): at most this many Lloyd iterations (the paper uses 20).
         init (str): ``'grid'`` (deterministic, default) or ``'random'`` (the paper's).
         tol (float, optional): stop early once no centroid of any image moved by more
-            than ``tol`` (squared L2). ``0`` stops only at an exact fixed point, which is
-            the result full iterations would give, so batch independence holds; ``None``
-            always runs ``max_iters`` (static control flow, e.g. for export).
+            than ``tol`` (squared L2). ``0`` (default) stops at the exact fixed point, when
+            no label changed, which is the result full iterations would give, so batch
+            independence holds; ``None`` always runs ``max_iters`` (static control flow,
+            e.g. for export).
 
     Returns:
         Partition: labels :math:`(B, N)` and cluster sizes :math:`(B, \\kappa)`.
@@ -79,17 +90,16 @@ def partition(x: Tensor,
     x = x.detach().float().contiguous()  # one copy here, not one per matmul below
     num_clusters_eff = min(num_clusters, x.shape[1])
     centroids = _init_centroids(x, num_clusters_eff, init)
-    x_sq = x.square().sum(-1, keepdim=True)
-    labels = _assign(x, x_sq, centroids)
+    labels = _assign(x, centroids)
     for _ in range(max_iters):
         sums, sizes = _cluster_sums(x, labels, num_clusters_eff)
         # An empty cluster keeps its previous centroid rather than collapsing to zero.
         new = torch.where(sizes.unsqueeze(-1) > 0, sums / sizes.clamp(min=1).unsqueeze(-1),
                           centroids)
-        shift = (new - centroids).square().sum(-1).max()
-        centroids = new
-        labels = _assign(x, x_sq, centroids)
-        if tol is not None and shift <= tol:
+        new_labels = _assign(x, new)
+        stop = _converged(tol, labels, new_labels, centroids, new)
+        centroids, labels = new, new_labels
+        if stop:
             break
     counts = torch.nn.functional.one_hot(labels, num_clusters).sum(1)
     return Partition(labels, counts)
