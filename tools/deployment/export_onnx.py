@@ -122,23 +122,47 @@ def export(model: ClusterViG, path: str, shape, batch: int, dynamic_batch: bool,
 
 
 def verify(model: ClusterViG, path: str, shape, batches, atol: float, rtol: float,
-           seed: int = 0) -> list:
+           tries: int = 3, seed: int = 0) -> list:
     """Compare onnxruntime's outputs with PyTorch's on random images of every batch."""
     import onnxruntime as ort
     session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
     gen = torch.Generator().manual_seed(seed)
-    reports = []
-    for batch in batches:
+    return [verify_batch(model, session, batch, shape, gen, atol, rtol, tries)
+            for batch in batches]
+
+
+def verify_batch(model, session, batch: int, shape, gen, atol: float, rtol: float,
+                 tries: int) -> dict:
+    """One batch; an input at a tie (see :func:`at_tie`) says nothing about the export,
+    so another is drawn, up to ``tries`` inputs."""
+    ties = 0
+    for _ in range(tries):
         x = torch.randn(batch, 3, *shape, generator=gen)
-        with torch.no_grad():
-            expected = [t.numpy() for t in model(x)]
+        expected = torch_outputs(model, x)
         try:
             got = session.run(None, {INPUT_NAME: x.numpy()})
         except Exception as err:  # onnxruntime raises its own exception types
-            reports.append(dict(batch=batch, ok=False, error=str(err).splitlines()[0]))
-            continue
-        reports.append(compare(batch, expected, got, atol, rtol))
-    return reports
+            return dict(batch=batch, ok=False, error=str(err).splitlines()[0])
+        report = compare(batch, expected, got, atol, rtol)
+        if report['ok'] or not at_tie(model, x, expected, atol, rtol):
+            return dict(report, ties_skipped=ties)
+        ties += 1
+    return dict(report, ties_skipped=ties, inconclusive=True)
+
+
+def torch_outputs(model: ClusterViG, x: torch.Tensor) -> list:
+    with torch.no_grad():
+        return [t.numpy() for t in model(x)]
+
+
+def at_tie(model: ClusterViG, x: torch.Tensor, expected, atol: float, rtol: float) -> bool:
+    """True when PyTorch's own output leaves the tolerance if every input value moves by
+    one float32 ulp. k-means (argmin) and k-NN (top-k) are discontinuous: at a near tie,
+    the last-bit rounding differences between two runtimes flip an assignment or a
+    neighbour and the outputs part (seen with CViG-Ti for about 1 random image in 12).
+    """
+    nudged = torch.nextafter(x, torch.full_like(x, float('inf')))
+    return not compare(0, expected, torch_outputs(model, nudged), atol, rtol)['ok']
 
 
 def compare(batch: int, expected, got, atol: float, rtol: float) -> dict:
@@ -173,6 +197,9 @@ def parse_args(argv=None):
     parser.add_argument('--verify-batches', type=int, nargs='*',
                         help='batches to check with onnxruntime (default: the export '
                         'batch, and also batch+1 with --dynamic-batch; none: skip)')
+    parser.add_argument('--tries', type=int, default=3,
+                        help='inputs to draw per batch when one lies at a tie')
+    parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--atol', type=float, default=1e-4)
     parser.add_argument('--rtol', type=float, default=1e-3)
     return parser.parse_args(argv)
@@ -181,6 +208,7 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     shape = tuple(args.shape or (args.img_size, args.img_size))
+    torch.manual_seed(args.seed)  # random weights (without --checkpoint) and BN calibration
     model = build_model(args)
     export(model, args.out, shape, args.batch, args.dynamic_batch, args.opset)
     print(f'exported {args.out} ({osp.getsize(args.out) / 2**20:.1f} MiB), input '
@@ -188,15 +216,17 @@ def main(argv=None) -> dict:
     batches = args.verify_batches
     if batches is None:
         batches = [args.batch] + ([args.batch + 1] if args.dynamic_batch else [])
-    reports = verify(model, args.out, shape, batches, args.atol, args.rtol)
+    reports = verify(model, args.out, shape, batches, args.atol, args.rtol, args.tries,
+                     args.seed)
     for r in reports:
         if 'error' in r:
             print(f'batch {r["batch"]}: onnxruntime failed: {r["error"]}')
-        else:
-            print(f'batch {r["batch"]}: {"OK" if r["ok"] else "MISMATCH"} max |diff| '
-                  f'{r["max_abs_diff"]:.3g} (outputs up to {r["max_abs_value"]:.3g}), '
-                  f'{100 * r["fraction_close"]:.3f}% within atol {args.atol} rtol '
-                  f'{args.rtol}')
+            continue
+        verdict = 'OK' if r['ok'] else 'INCONCLUSIVE' if r.get('inconclusive') else 'MISMATCH'
+        print(f'batch {r["batch"]}: {verdict} max |diff| {r["max_abs_diff"]:.3g} (outputs up '
+              f'to {r["max_abs_value"]:.3g}), {100 * r["fraction_close"]:.3f}% within atol '
+              f'{args.atol} rtol {args.rtol}; {r["ties_skipped"]} input(s) at a k-means/k-NN '
+              'tie skipped')
     if not all(r['ok'] for r in reports):
         raise SystemExit('onnxruntime outputs differ from PyTorch (see above)')
     return dict(path=args.out, shape=shape, verify=reports)
