@@ -674,11 +674,12 @@ def plot_scaling(rows: List[dict], path: str, title: str):
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
     for model in dict.fromkeys(r['model'] for r in rows):
         pts = sorted((r for r in rows if r['model'] == model), key=lambda r: r['tokens'])
+        # The ratios go in the legend: next to the points they would overlap.
+        ratios = ', '.join(f'x{r["time_ratio"]:.1f}' for r in pts[1:])
+        family = pts[0]['family']
+        style = ':' if family in PEERS else '--' if ' cs' in model else '-'
         ax.plot([r['tokens'] for r in pts], [r['ms_per_image'] for r in pts], marker='o',
-                label=model)
-        for r in pts[1:]:
-            ax.annotate(f'x{r["time_ratio"]:.1f}', (r['tokens'], r['ms_per_image']),
-                        textcoords='offset points', xytext=(4, -10), fontsize=8)
+                linestyle=style, label=f'{model} ({ratios})' if ratios else model)
     ax.set_xscale('log')
     ax.set_yscale('log')
     ticks = sorted({r['tokens'] for r in rows})
@@ -688,7 +689,8 @@ def plot_scaling(rows: List[dict], path: str, title: str):
     ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel('tokens per image')
     ax.set_ylabel('ms / image (median)')
-    ax.set_title(title + '\nannotated: time over the smallest size', fontsize=9)
+    ax.set_title(title + '\nin brackets: time per image over that of the smallest size',
+                 fontsize=9)
     ax.grid(alpha=0.3, which='both')
     ax.legend(fontsize=8)
     fig.tight_layout()
