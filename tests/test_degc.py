@@ -8,15 +8,28 @@ from torch_geometric.nn import GATv2Conv
 from mmcvig.models.degc import (DEGC, GRAPH_CONVS, GlobalUpdate, Partition, build_graph,
                                 build_graph_sparse, build_local_update, cluster_means,
                                 partition)
-from mmcvig.models.degc import graph as graph_module
-from mmcvig.models.degc.graph import _sort_by_cluster, tile_layout
+from mmcvig.models.degc import aggregate_neighbors, gather_neighbors, knn_graph
+
+METHODS = ('masked', 'segments')
 
 
-def make_partition(labels):
-    """A Partition from explicit labels (B, N), kappa = 1 + max label over the batch."""
+def make_partition(labels, num_clusters=None):
+    """A Partition from explicit labels (B, N); kappa = 1 + max label unless given, and
+    then label kappa marks padding."""
     labels = torch.as_tensor(labels)
-    num_clusters = int(labels.max()) + 1
-    return Partition(labels, F.one_hot(labels, num_clusters).sum(1))
+    num_clusters = num_clusters or int(labels.max()) + 1
+    return Partition(labels, F.one_hot(labels, num_clusters + 1)[..., :-1].sum(1))
+
+
+def skewed_labels(gen, num_tokens=50, num_clusters=5):
+    """Three images: a dominant cluster, an empty cluster, a tiny cluster and padding."""
+    labels = torch.randint(0, num_clusters, (3, num_tokens), generator=gen)
+    labels[0, :45] = 0  # one dominant cluster
+    labels[1] = torch.where(labels[1] == 2, 3, labels[1])  # cluster 2 empty
+    labels[2, :3] = 4  # ensure a tiny cluster
+    labels[2, 3:] = torch.where(labels[2, 3:] == 4, 0, labels[2, 3:])
+    labels[2, -12:] = num_clusters  # padding
+    return labels
 
 
 def neighbor_sets(graph):
@@ -28,12 +41,16 @@ def neighbor_sets(graph):
     return out
 
 
-def brute_force_knn(x, labels, k):
-    """Reference: per token, the k most similar (cosine) tokens of its cluster, self first."""
+def brute_force_knn(x, labels, k, padding=None):
+    """Reference: per token, the k most similar (cosine) tokens of its cluster, self first;
+    padding tokens (label ``padding``) have none."""
     feats = F.normalize(x, dim=-1)
     out = {}
     for b in range(x.shape[0]):
         for n in range(x.shape[1]):
+            if labels[b, n] == padding:
+                out[b, n] = set()
+                continue
             members = (labels[b] == labels[b, n]).nonzero().flatten()
             sim = feats[b, members] @ feats[b, n]
             sim[members == n] = float('inf')
@@ -102,6 +119,46 @@ class TestPartition:
         with pytest.raises(ValueError, match='grid'):
             partition(torch.randn(1, 8, 4), 2, init='kmeans++')
 
+    @pytest.mark.parametrize('init', ['grid', 'random'])
+    def test_padding_takes_no_part(self, init):
+        """An image's tokens get the same labels alone and with padding appended or
+        interleaved; padding tokens get label kappa and count nowhere."""
+        gen = torch.Generator().manual_seed(2)
+        x = torch.randn(1, 60, 8, generator=gen)
+        padded = torch.randn(2, 100, 8, generator=gen)
+        own = torch.zeros(2, 100, dtype=torch.bool)
+        own[0, torch.randperm(100, generator=gen)[:60].sort().values] = True
+        own[1, :80] = True
+        padded[0, own[0]] = x[0]
+        torch.manual_seed(0)
+        alone = partition(x, 4, init=init)
+        torch.manual_seed(0)
+        part = partition(padded, 4, init=init, valid=own)
+        if init == 'grid':  # random draws differ with the token count
+            assert torch.equal(part.labels[0, own[0]], alone.labels[0])
+            assert torch.equal(part.counts[0], alone.counts[0])
+        assert (part.labels[~own] == 4).all() and (part.labels[own] < 4).all()
+        assert part.counts.sum(1).tolist() == [60, 80]
+
+    @pytest.mark.parametrize('tol', [0.0, 1e-2, None])
+    def test_sync_free_matches_early_stop(self, tol):
+        gen = torch.Generator().manual_seed(4)
+        x = torch.randn(3, 120, 8, generator=gen)
+        valid = torch.ones(3, 120, dtype=torch.bool)
+        valid[1, 90:] = False
+        eager = partition(x, 5, tol=tol, valid=valid)
+        free = partition(x, 5, tol=tol, valid=valid, sync_free=True)
+        assert torch.equal(eager.labels, free.labels)
+        assert torch.equal(eager.counts, free.counts)
+        assert int(eager.iters) == int(free.iters) <= 20
+
+    def test_tolerance_stops_each_image_on_its_own(self):
+        gen = torch.Generator().manual_seed(5)
+        x = torch.randn(4, 80, 8, generator=gen)
+        together = partition(x, 4, tol=1e-3).labels
+        for i in range(4):
+            assert torch.equal(partition(x[i:i + 1], 4, tol=1e-3).labels[0], together[i])
+
 
 # ---------------------------------------------------------------------- build_graph
 class TestBuildGraph:
@@ -117,28 +174,54 @@ class TestBuildGraph:
         assert graph.valid.all()
         assert torch.equal(graph.neighbors[..., 0], torch.arange(64).expand(2, -1))
 
-    @pytest.mark.parametrize('tile', [4, 7, 32])
-    def test_uneven_partitions_match_brute_force(self, tile):
+    @pytest.mark.parametrize('method', METHODS)
+    def test_uneven_partitions_match_brute_force(self, method):
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(3, 50, 8, generator=gen)
-        labels = torch.randint(0, 5, (3, 50), generator=gen)
-        labels[0, :45] = 0  # one dominant cluster
-        labels[1] = torch.where(labels[1] == 2, 3, labels[1])  # cluster 2 empty
-        labels[2, :3] = 4  # ensure a tiny cluster
-        labels[2, 3:] = torch.where(labels[2, 3:] == 4, 0, labels[2, 3:])
-        part = make_partition(labels)
-        graph = build_graph(x, part, k=6, tile=tile)
+        labels = skewed_labels(gen)
+        part = make_partition(labels, 5)
+        graph = build_graph(x, part, k=6, method=method)
         assert graph.neighbors.shape == (3, 50, 6)
-        ref = brute_force_knn(x, labels, 6)
+        ref = brute_force_knn(x, labels, 6, padding=5)
         got = neighbor_sets(graph)
         assert got == ref
         for (b, n), nbrs in got.items():
             assert (labels[b, list(nbrs)] == labels[b, n]).all()
-        # Small clusters: padding slots are invalid and point at the token itself.
+        # Small clusters and padding: invalid slots point at the token itself.
         small = ~graph.valid
         assert small.any()
         self_idx = torch.arange(50).view(1, -1, 1).expand_as(graph.neighbors)
         assert torch.equal(graph.neighbors[small], self_idx[small])
+
+    def test_methods_agree_with_ties_and_blocks(self, monkeypatch):
+        """Masked and per-cluster searches agree with duplicated tokens (ties: any of
+        the tied tokens is a right answer, so the neighbours' similarities must match)
+        and with the similarity cut into row blocks (then slot for slot)."""
+        gen = torch.Generator().manual_seed(1)
+        x = torch.randn(2, 90, 8, generator=gen)
+        x[:, 40:60] = x[:, :1]  # 20 exact duplicates of token 0
+        labels = skewed_labels(gen, num_tokens=90, num_clusters=5)[1:]
+        labels[:, 40:60] = labels[:, :1]
+        part = make_partition(labels, 5)
+        masked = build_graph(x, part, k=9, method='masked')
+        segments = build_graph(x, part, k=9, method='segments')
+        assert torch.equal(masked.valid, segments.valid)
+        assert torch.equal(masked.neighbors[..., 0], segments.neighbors[..., 0])
+        feats = F.normalize(x, dim=-1)
+        own = feats.unsqueeze(2)
+        sims = [(own * feats[torch.arange(2).view(-1, 1, 1), g.neighbors]).sum(-1)
+                .masked_fill(~g.valid, -2).sort(-1).values for g in (masked, segments)]
+        torch.testing.assert_close(sims[0], sims[1])
+        monkeypatch.setattr(knn_graph, '_MAX_BLOCK_ELEMENTS', 7 * 90)
+        for method, whole in (('masked', masked), ('segments', segments)):
+            blocked = build_graph(x, part, k=9, method=method)
+            assert torch.equal(blocked.neighbors, whole.neighbors)
+            assert torch.equal(blocked.valid, whole.valid)
+
+    def test_unknown_method(self):
+        part = make_partition(torch.zeros(1, 4, dtype=torch.long))
+        with pytest.raises(ValueError, match='k-NN method'):
+            build_graph(torch.randn(1, 4, 8), part, k=3, method='tiled')
 
     def test_fewer_tokens_than_k(self):
         x = torch.randn(1, 4, 8)
@@ -146,12 +229,15 @@ class TestBuildGraph:
         assert graph.neighbors.shape == (1, 4, 9)
         assert graph.valid.sum(-1).tolist() == [[4, 4, 4, 4]]
 
-    def test_sparse_graph_equals_dense(self):
+    @pytest.mark.parametrize('padded', [False, True])
+    def test_sparse_graph_equals_dense(self, padded):
         gen = torch.Generator().manual_seed(3)
         x = torch.randn(2, 40, 8, generator=gen)
         labels = torch.randint(0, 4, (2, 40), generator=gen)
         labels[1, labels[1] == 1] = 0
-        part = make_partition(labels)
+        if padded:
+            labels[0, 30:] = 4
+        part = make_partition(labels, 4)
         dense = neighbor_sets(build_graph(x, part, k=5))
         arranged, edge_index = build_graph_sparse(x, part, k=5)
         sparse = {key: set() for key in dense}
@@ -159,29 +245,7 @@ class TestBuildGraph:
             s, d = arranged.order[src].item(), arranged.order[dst].item()
             sparse[d // 40, d % 40].add(s % 40)
         assert sparse == dense
-
-    def test_tiles_stay_inside_one_cluster(self):
-        """Cost follows cluster sizes: each tile searches only its own cluster."""
-        gen = torch.Generator().manual_seed(0)
-        labels = torch.randint(0, 6, (2, 300), generator=gen)
-        labels[1, labels[1] == 2] = 0  # an empty cluster
-        part = make_partition(labels)
-        tile = 16
-        layout = tile_layout(part, tile)
-        assert layout.key.shape[-1] == part.counts.max()
-        assert layout.query.shape[1] * tile <= 300 + 6 * tile
-        order = _sort_by_cluster(part)
-        for b in range(2):
-            sorted_labels = labels[b, order[b]]
-            for t in range(layout.query.shape[1]):
-                q = sorted_labels[layout.query[b, t][layout.query_ok[b, t]]]
-                k = sorted_labels[layout.key[b, t][layout.key_ok[b, t]]]
-                if len(q):
-                    assert (q == q[0]).all() and (k == q[0]).all()
-                    assert len(k) == part.counts[b, q[0]]
-            # Every token is a query exactly once.
-            queries = layout.query[b][layout.query_ok[b]]
-            assert sorted(queries.tolist()) == list(range(300))
+        assert sparse == brute_force_knn(x, labels, 5, padding=4)
 
 
 # -------------------------------------------------------------------- global_update
@@ -263,6 +327,50 @@ def test_degc_dense_sparse_modules_agree(graph_conv):
     torch.testing.assert_close(out, sparse(x), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize('reduce', ['max', 'sum'])
+def test_aggregation_equals_gathered_reduction(reduce):
+    """The (B, N, C) aggregation gives the values and gradients of gathering the
+    (B, N, K, C) neighbour features and reducing them."""
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(3, 12, 50, generator=gen)
+    labels = skewed_labels(gen)
+    graph = build_graph(x.transpose(1, 2), make_partition(labels, 5), k=7)
+    grad = torch.randn(3, 12, 50, generator=gen)
+    x_new, x_old = x.clone().requires_grad_(), x.clone().requires_grad_()
+    new = aggregate_neighbors(x_new, graph, reduce)
+    picked = gather_neighbors(x_old, graph)
+    if reduce == 'sum':
+        old = (picked * graph.valid.unsqueeze(-1)).sum(2).transpose(1, 2)
+    else:
+        old = picked.amax(2).transpose(1, 2)
+    torch.testing.assert_close(new, old)
+    (new * grad).sum().backward()
+    (old * grad).sum().backward()
+    torch.testing.assert_close(x_new.grad, x_old.grad)
+
+
+@pytest.mark.parametrize('graph_conv', sorted(GRAPH_CONVS))
+def test_degc_dense_sparse_agree_on_padded_batch(graph_conv):
+    torch.manual_seed(0)
+    dense = DEGC(16, num_clusters=4, k=7, graph_conv=graph_conv, groups=2).eval()
+    sparse = DEGC(16, num_clusters=4, k=7, graph_conv=graph_conv, groups=2,
+                  graph_impl='sparse').eval()
+    sparse.load_state_dict(dense.state_dict())
+    x = torch.randn(2, 16, 7, 9)
+    valid = torch.ones(2, 7, 9, dtype=torch.bool)
+    valid[0, 5:] = False
+    valid[0, :, 6:] = False
+    valid = valid.flatten(1)
+    out, inter = dense(x, valid, return_intermediates=True)
+    out_sparse, inter_sparse = sparse(x, valid, return_intermediates=True)
+    torch.testing.assert_close(out.flatten(2).transpose(1, 2)[valid],
+                               out_sparse.flatten(2).transpose(1, 2)[valid], rtol=1e-4,
+                               atol=1e-5)
+    assert torch.equal(inter.partition.labels, inter_sparse.partition.labels)
+    assert (inter.partition.labels[~valid] == 4).all()
+    assert not inter.graph.valid[~valid].any()
+
+
 def test_degc_invalid_settings():
     with pytest.raises(ValueError, match='num_clusters'):
         DEGC(8, num_clusters=0)
@@ -272,15 +380,5 @@ def test_degc_invalid_settings():
         DEGC(8, graph_conv='gcn')
     with pytest.raises(ValueError, match='dense'):
         DEGC(8, graph_impl='csr')
-
-
-def test_static_shape_graph_equals_dynamic(monkeypatch):
-    """The bounds used while tracing/exporting/compiling give the same graph."""
-    gen = torch.Generator().manual_seed(5)
-    x = torch.randn(2, 70, 8, generator=gen)
-    part = partition(x, 4)
-    dynamic = build_graph(x, part, k=9, tile=16)
-    monkeypatch.setattr(graph_module, '_static_shapes', lambda: True)
-    static = build_graph(x, part, k=9, tile=16)
-    assert neighbor_sets(static) == neighbor_sets(dynamic)
-    assert torch.equal(static.valid, dynamic.valid)
+    with pytest.raises(ValueError, match='sync_free'):
+        DEGC(8, graph_impl='sparse', sync_free=True)

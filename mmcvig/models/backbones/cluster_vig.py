@@ -1,6 +1,6 @@
 """ClusterViG: an isotropic vision GNN built from DEGC (paper Sec. IV-C, Fig. 4)."""
 import math
-from typing import Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -14,22 +14,29 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...registry import register_model
 from ..degc import DEGC
+from ..degc.knn_graph import static_shapes
 from ..necks import SimplePyramid
+from .padding import extent_mask, image_extent, place_pos_embed
+
+_NOT_FINITE = 'ClusterViG input contains NaN or Inf values'
 
 
-def _check_input(x: Tensor):
+def _check_input(x: Tensor, sync_free: bool):
     """Refuse what would otherwise turn into silent garbage deep inside DEGC.
 
     A NaN anywhere in an image makes every k-means distance of that image NaN, so its
     partition and graph become arbitrary. One pass over the input is cheap next to the
-    network; it is skipped while tracing or compiling, where it cannot branch.
+    network. Sync-free, the check is an asynchronous device-side assertion (the error
+    surfaces at the next synchronisation); while tracing it is skipped.
     """
     if x.dim() != 4 or x.shape[1] != 3:
         raise ValueError(f'ClusterViG expects images (B, 3, H, W), got shape {tuple(x.shape)}')
-    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
         return
-    if not torch.isfinite(x).all():
-        raise ValueError('ClusterViG input contains NaN or Inf values')
+    if sync_free:
+        torch._assert_async(torch.isfinite(x).all(), _NOT_FINITE)
+    elif not torch.isfinite(x).all():
+        raise ValueError(_NOT_FINITE)
 
 
 class Stem(Sequential):
@@ -53,6 +60,17 @@ class Stem(Sequential):
         layers.append(ConvModule(channels, out_channels, 3, padding=1, bias=True,
                                  norm_cfg=norm_cfg, act_cfg=None))
         super().__init__(*layers)
+        self.strides = [2**min(i + 1, num_down) for i in range(len(layers))]
+
+    def forward(self, x: Tensor, extent: Optional[Tensor] = None) -> Tensor:
+        """x: :math:`(B, 3, H, W)`; ``extent`` :math:`(B, 2)`, if given, zeroes each
+        layer's output outside the images' own extent, as the zero padding of the next
+        convolution sees an image alone."""
+        for layer, stride in zip(self, self.strides):
+            x = layer(x)
+            if extent is not None:
+                x = x * extent_mask(extent, stride, *x.shape[-2:])
+        return x
 
 
 class Grapher(BaseModule):
@@ -78,9 +96,15 @@ class Grapher(BaseModule):
                               act_cfg=None)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: Tensor) -> Tensor:
-        """x: :math:`(B, C, H, W)` -> :math:`(B, C, H, W)`."""
-        return x + self.drop_path(self.fc2(self.degc(self.fc1(x + self.cpe(x)))))
+    def forward(self, x: Tensor, valid: Optional[Tensor] = None,
+                return_intermediates: bool = False):
+        """x: :math:`(B, C, H, W)` -> :math:`(B, C, H, W)`; ``valid`` and
+        ``return_intermediates`` as in :meth:`DEGC.forward`."""
+        out = self.degc(self.fc1(x + self.cpe(x)), valid, return_intermediates)
+        if return_intermediates:
+            out, intermediates = out
+            return x + self.drop_path(self.fc2(out)), intermediates
+        return x + self.drop_path(self.fc2(out))
 
 
 class FFN(BaseModule):
@@ -100,13 +124,28 @@ class FFN(BaseModule):
 
 
 class ClusterViGBlock(Sequential):
-    """One isotropic block: Grapher then FFN."""
+    """One isotropic block: Grapher then FFN.
+
+    With a token ``mask`` :math:`(B, 1, H, W)` (batch padding), the output is zeroed
+    outside it: the next block's CPE then sees the zero padding an image alone gets.
+    """
 
     def __init__(self, channels: int, drop_path: float = 0., norm_cfg=dict(type='BN'),
                  act_cfg=dict(type='GELU'), **degc_kwargs):
         super().__init__(
             Grapher(channels, drop_path, norm_cfg=norm_cfg, act_cfg=act_cfg, **degc_kwargs),
             FFN(channels, drop_path=drop_path, norm_cfg=norm_cfg, act_cfg=act_cfg))
+
+    def forward(self, x: Tensor, mask: Optional[Tensor] = None,
+                return_intermediates: bool = False):
+        grapher, ffn = self
+        valid = None if mask is None else mask.flatten(1)
+        out = grapher(x, valid, return_intermediates)
+        out, intermediates = out if return_intermediates else (out, None)
+        out = ffn(out)
+        if mask is not None:
+            out = out * mask
+        return (out, intermediates) if return_intermediates else out
 
 
 @register_model
@@ -135,6 +174,13 @@ class ClusterViG(BaseModule):
         kmeans_iters (int): at most this many k-means iterations per DEGC.
         kmeans_tol (float, optional): k-means early stop (see :func:`partition`);
             ``None`` always runs ``kmeans_iters`` iterations (static graph, for export).
+        sync_free (bool, optional): no host-device synchronisation in the forward (see
+            :class:`DEGC`); ``None`` (default) picks it for CUDA inputs.
+        pad_aware (bool): find the bottom-right zero padding mmdet adds to a batch (see
+            :mod:`.padding`) and make every image's features what it would get alone:
+            padding tokens take no part in DEGC, ``pos_embed`` is resized to each
+            image's own grid and the convolutions see zeros beyond each image. For
+            detection; classification batches hold no padding.
         frozen_stages (int): -1 trains everything; 0 freezes the stem and pos_embed;
             ``i > 0`` also freezes the first ``i`` blocks.
         pyramid (dict, optional): build a :class:`SimplePyramid` on the outputs (kwargs
@@ -162,7 +208,8 @@ class ClusterViG(BaseModule):
                  graph_conv: str = 'mrgcn', num_clusters: int = None,
                  cluster_size: int = None, graph_impl: str = 'dense',
                  kmeans_init: str = 'grid', kmeans_iters: int = 20,
-                 kmeans_tol: float = 0.0, pyramid: dict = None,
+                 kmeans_tol: float = 0.0, sync_free: Optional[bool] = None,
+                 pad_aware: bool = False, pyramid: dict = None,
                  frozen_stages: int = -1, norm_eval: bool = False, with_cp: bool = False,
                  norm_cfg=dict(type='BN'), act_cfg=dict(type='GELU'), init_cfg=None):
         super().__init__(init_cfg)
@@ -178,6 +225,8 @@ class ClusterViG(BaseModule):
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.with_cp = with_cp
+        self.sync_free = sync_free
+        self.pad_aware = pad_aware
 
         stride = self.arch['stride']
         self.stem = Stem(channels, stride, norm_cfg=norm_cfg, act_cfg=act_cfg)
@@ -192,7 +241,8 @@ class ClusterViG(BaseModule):
                             cluster_size=cluster_size,
                             groups=self.arch['groups'], graph_conv=graph_conv,
                             graph_impl=graph_impl, kmeans_init=kmeans_init,
-                            kmeans_iters=kmeans_iters, kmeans_tol=kmeans_tol)
+                            kmeans_iters=kmeans_iters, kmeans_tol=kmeans_tol,
+                            sync_free=sync_free)
             for k, dp in zip(ks, drop_paths)
         ])
         self.pyramid = None
@@ -242,29 +292,59 @@ class ClusterViG(BaseModule):
         return F.interpolate(self.pos_embed, size=(height, width), mode='bicubic',
                              align_corners=False)
 
-    def forward(self, x: Tensor) -> tuple:
+    def forward(self, x: Tensor, return_intermediates: bool = False):
         """
         Args:
             x (Tensor): :math:`(B, 3, H, W)` images, any size.
+            return_intermediates (bool): also return, per block, the
+                :class:`~mmcvig.models.degc.DEGCIntermediates` of its DEGC (partition,
+                graph, centroids), in the spirit of PyG's ``return_attention_weights``.
 
         Returns:
             tuple[Tensor]: :math:`(B, C, \\lceil H/s \\rceil, \\lceil W/s \\rceil)` per out
-            index, ``s`` the arch's stride; with ``pyramid``, its levels.
+            index, ``s`` the arch's stride; with ``pyramid``, its levels. With
+            ``return_intermediates``, ``(outputs, list of intermediates)``.
         """
-        _check_input(x)
-        x = self.stem(x)
-        x = x + self.resized_pos_embed(*x.shape[-2:])
-        outs = []
+        sync_free = self._sync_free(x)
+        _check_input(x, sync_free)
+        extent = self._padding_extent(x, sync_free)
+        x = self.stem(x, extent)
+        mask = None if extent is None else extent_mask(extent, self.arch['stride'],
+                                                       *x.shape[-2:])
+        if self.pad_aware:  # the same per-image resize whether the batch is padded or not
+            full = x.new_ones((x.shape[0], 1, *x.shape[-2:]), dtype=torch.bool)
+            x = x + place_pos_embed(self.pos_embed, full if mask is None else mask)
+        else:
+            x = x + self.resized_pos_embed(*x.shape[-2:])
+        outs, intermediates = [], []
         for i, block in enumerate(self.blocks):
             if self.with_cp and x.requires_grad:
-                x = cp.checkpoint(block, x, use_reentrant=False)
+                x = cp.checkpoint(block, x, mask, return_intermediates, use_reentrant=False)
             else:
-                x = block(x)
+                x = block(x, mask, return_intermediates)
+            if return_intermediates:
+                x, record = x
+                intermediates.append(record)
             if i in self.out_indices:
                 outs.append(x)
         if self.pyramid is not None:
-            return self.pyramid(outs)
-        return tuple(outs)
+            outs = self.pyramid(outs, mask)
+        outs = tuple(outs)
+        return (outs, intermediates) if return_intermediates else outs
+
+    def _sync_free(self, x: Tensor) -> bool:
+        auto = x.is_cuda if self.sync_free is None else self.sync_free
+        return auto or static_shapes()
+
+    def _padding_extent(self, x: Tensor, sync_free: bool) -> Optional[Tensor]:
+        """:math:`(B, 2)` image extents with ``pad_aware``; None when nothing to mask
+        (a check that reads back to the host, skipped sync-free)."""
+        if not self.pad_aware:
+            return None
+        extent = image_extent(x)
+        if not sync_free and bool((extent == extent.new_tensor(x.shape[-2:])).all()):
+            return None
+        return extent
 
     def _freeze_stages(self):
         if self.frozen_stages < 0:

@@ -1,13 +1,37 @@
 """The DEGC module: partition, build_graph, global_update, local_update (Algorithm 2)."""
+from typing import NamedTuple, Optional, Union
+
+import torch
 from mmengine.model import BaseModule
 from torch import Tensor
+from torch.profiler import record_function
 
-from .global_update import GlobalUpdate, cluster_means
-from .graph import build_graph, build_graph_sparse
-from .local_update import build_local_update
-from .partition import KMEANS_INITS, partition
+from .centroid_attention import GlobalUpdate, cluster_means
+from .graph_conv import build_local_update
+from .kmeans import KMEANS_INITS, Partition, partition
+from .knn_graph import ArrangedTokens, Graph, build_graph, build_graph_sparse, static_shapes
 
 GRAPH_IMPLS = ('dense', 'sparse')
+
+
+class SparseGraph(NamedTuple):
+    """The graph of the sparse path: arranged tokens and ``edge_index`` over them (see
+    :func:`~.knn_graph.build_graph_sparse`)."""
+    arranged: ArrangedTokens
+    edge_index: Tensor
+
+
+class DEGCIntermediates(NamedTuple):
+    """What one DEGC computed, returned on request (``return_intermediates=True``).
+
+    Attributes:
+        partition (Partition): labels, cluster sizes and k-means iterations.
+        graph (Graph | SparseGraph): the k-NN graph inside the partitions.
+        centroids (Tensor): :math:`(B, \\kappa, C)` updated centroids :math:`z'`.
+    """
+    partition: Partition
+    graph: Union[Graph, SparseGraph]
+    centroids: Tensor
 
 
 def _check_positive(name: str, value: int):
@@ -44,13 +68,20 @@ class DEGC(BaseModule):
         kmeans_iters (int): at most this many k-means iterations.
         kmeans_init (str): 'grid' (deterministic) or 'random'.
         kmeans_tol (float, optional): early stop of k-means, see :func:`partition`.
+        sync_free (bool, optional): never read a value back to the host (k-means runs
+            every iteration, masked k-NN): what a GPU wants. ``None`` (default) picks it
+            for CUDA inputs. Requires ``graph_impl='dense'``.
+
+    Every step runs inside a ``torch.profiler.record_function`` range named
+    ``degc.partition``, ``degc.build_graph``, ``degc.global_update`` and
+    ``degc.local_update``, so any profiler trace shows them by name.
     """
 
     def __init__(self, in_channels: int, num_clusters: int = 4, k: int = 9,
                  cluster_size: int = None, graph_conv: str = 'mrgcn', groups: int = 1,
                  graph_impl: str = 'dense',
                  kmeans_iters: int = 20, kmeans_init: str = 'grid', kmeans_tol: float = 0.0,
-                 norm_cfg=dict(type='BN'), act_cfg=dict(type='GELU'), init_cfg=None):
+                 sync_free: Optional[bool] = None, norm_cfg=dict(type='BN'), act_cfg=dict(type='GELU'), init_cfg=None):
         super().__init__(init_cfg)
         _check_positive('num_clusters', num_clusters)
         _check_positive('k', k)
@@ -69,30 +100,66 @@ class DEGC(BaseModule):
         self.cluster_size = cluster_size
         self.k = k
         self.graph_impl = graph_impl
+        if sync_free and graph_impl != 'dense':
+            raise ValueError("sync_free needs graph_impl='dense': the sparse path's edge list "
+                             'has a data-dependent size')
+        self.sync_free = sync_free
         self.kmeans_cfg = dict(max_iters=kmeans_iters, init=kmeans_init, tol=kmeans_tol)
         self.global_update = GlobalUpdate(in_channels)
         self.local_update = build_local_update(graph_conv, in_channels, groups=groups,
                                                norm_cfg=norm_cfg, act_cfg=act_cfg)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, valid: Optional[Tensor] = None,
+                return_intermediates: bool = False):
         """
         Args:
             x (Tensor): :math:`(B, C, H, W)`.
+            valid (BoolTensor, optional): :math:`(B, H W)` False for tokens of batch
+                padding: they join no cluster, count in no centroid and are nobody's
+                neighbour (their outputs are meaningless).
+            return_intermediates (bool): also return :class:`DEGCIntermediates`.
 
         Returns:
-            Tensor: :math:`(B, 2C, H, W)`.
+            Tensor: :math:`(B, 2C, H, W)`; with ``return_intermediates`` a tuple
+            ``(output, DEGCIntermediates)``.
         """
         batch, channels, height, width = x.shape
         tokens = x.flatten(2).transpose(1, 2)  # (B, N, C)
-        part = partition(tokens, self.clusters_for(tokens.shape[1]), **self.kmeans_cfg)
-        z = self.global_update(cluster_means(tokens, part), part.counts > 0)
-        z_token = z.gather(1, part.labels.unsqueeze(-1).expand(-1, -1, z.shape[-1]))
+        sync_free = self._sync_free(x)
+        with record_function('degc.partition'):
+            part = partition(tokens, self.clusters_for(tokens.shape[1]), valid=valid,
+                             sync_free=sync_free, **self.kmeans_cfg)
         if self.graph_impl == 'dense':
-            graph = build_graph(tokens, part, self.k)
-            out = self.local_update(x.flatten(2), graph, z_token.transpose(1, 2))
+            with record_function('degc.build_graph'):
+                graph = build_graph(tokens, part, self.k, 'masked' if sync_free else 'auto')
+            z, z_token = self._global_update(tokens, part)
+            with record_function('degc.local_update'):
+                out = self.local_update(x.flatten(2), graph, z_token.transpose(1, 2))
         else:
-            out = self._sparse_local_update(tokens, part, z_token)
-        return out.view(batch, -1, height, width)
+            with record_function('degc.build_graph'):
+                graph = SparseGraph(*build_graph_sparse(tokens, part, self.k))
+            z, z_token = self._global_update(tokens, part)
+            with record_function('degc.local_update'):
+                out = self._sparse_local_update(tokens, graph, z_token)
+        out = out.view(batch, -1, height, width)
+        if return_intermediates:
+            return out, DEGCIntermediates(part, graph, z)
+        return out
+
+    def _sync_free(self, x: Tensor) -> bool:
+        # Compilation and export need static control flow whatever the setting.
+        auto = x.is_cuda if self.sync_free is None else self.sync_free
+        return auto or static_shapes()
+
+    def _global_update(self, tokens: Tensor, part: Partition):
+        """Centroids :math:`z'` and each token's centroid :math:`(B, N, C)` (zeros for
+        padding tokens)."""
+        with record_function('degc.global_update'):
+            z = self.global_update(cluster_means(tokens, part), part.counts > 0)
+            # Padding tokens (label kappa) pick the appended zero row.
+            z_pad = torch.cat([z, z.new_zeros(z.shape[0], 1, z.shape[2])], dim=1)
+            z_token = z_pad.gather(1, part.labels.unsqueeze(-1).expand(-1, -1, z.shape[-1]))
+        return z, z_token
 
     def clusters_for(self, num_tokens: int) -> int:
         """:math:`\\kappa` used for ``num_tokens`` tokens."""
@@ -100,10 +167,11 @@ class DEGC(BaseModule):
             return self.num_clusters
         return -(-num_tokens // self.cluster_size)
 
-    def _sparse_local_update(self, tokens: Tensor, part, z_token: Tensor) -> Tensor:
+    def _sparse_local_update(self, tokens: Tensor, graph: SparseGraph,
+                             z_token: Tensor) -> Tensor:
         """Algorithm 2 lines 3-5: scatter, local_update over edge_index, gather."""
         batch, num_tokens, channels = tokens.shape
-        arranged, edge_index = build_graph_sparse(tokens, part, self.k)
+        arranged, edge_index = graph
         flat_x = tokens.reshape(-1, channels)[arranged.order]
         flat_z = z_token.reshape(-1, channels)[arranged.order]
         out = self.local_update.forward_sparse(flat_x, edge_index, flat_z)

@@ -1,5 +1,5 @@
 """Isotropic-to-pyramid adapter: one stride-s map -> maps at strides s/4, s/2, s, 2s."""
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 from mmcv.cnn import build_activation_layer, build_norm_layer
 from mmengine.model import BaseModule, ModuleList
@@ -61,10 +61,13 @@ class SimplePyramid(BaseModule):
             self.levels.append(level)
             self.out_channels.append(channels)
 
-    def forward(self, inputs: Sequence[Tensor]) -> Tuple[Tensor]:
+    def forward(self, inputs: Sequence[Tensor], mask: Optional[Tensor] = None) -> Tuple[Tensor]:
         """
         Args:
             inputs (Sequence[Tensor]): one or ``len(scales)`` maps :math:`(B, C, H, W)`.
+            mask (BoolTensor, optional): :math:`(B, 1, H, W)` False over batch padding.
+                Every level is then zero outside each image's own part (what a lone
+                image's map ends with), and the max-pool never takes a padding value.
 
         Returns:
             tuple[Tensor]: level ``i`` is :math:`(B, C_i, H \\cdot s_i, W \\cdot s_i)`
@@ -75,4 +78,18 @@ class SimplePyramid(BaseModule):
                              f'{len(self.levels)} maps, got {len(inputs)}')
         if len(inputs) == 1:
             inputs = list(inputs) * len(self.levels)
-        return tuple(level(x) for level, x in zip(self.levels, inputs))
+        if mask is None:
+            return tuple(level(x) for level, x in zip(self.levels, inputs))
+        return tuple(
+            self._masked_level(level, scale, x, mask)
+            for level, scale, x in zip(self.levels, self.scales, inputs))
+
+    @staticmethod
+    def _masked_level(level: nn.Module, scale: float, x: Tensor, mask: Tensor) -> Tensor:
+        if scale < 1:
+            out = level(x.masked_fill(~mask, float('-inf')))
+            level_mask = level(mask.to(x.dtype)) > 0
+        else:
+            out = level(x)
+            level_mask = mask.repeat_interleave(int(scale), 2).repeat_interleave(int(scale), 3)
+        return out.masked_fill(~level_mask, 0)

@@ -1,4 +1,5 @@
-"""Step (iv) of DEGC: the globally aware local update, G-GCN (paper Eq. 4, Table II).
+"""Step (iv) of DEGC, ``local_update``: the globally aware graph conv, G-GCN (paper Eq. 4,
+Table II).
 
 Every variant holds its weights once and offers two evaluations of the same math:
 
@@ -12,13 +13,14 @@ Notation: :math:`x_v` a token, :math:`\\mathcal{N}(v)` its neighbours (itself in
 :math:`2C` with ``groups`` followed by BN and GELU, and ``|`` channel concatenation.
 """
 import torch
+import torch.nn.functional as F
 from mmcv.cnn import ConvModule
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 from torch_geometric.nn import MessagePassing
 from torch_scatter import scatter
 
-from .graph import Graph
+from .knn_graph import Graph
 
 
 def interleave(*parts: Tensor) -> Tensor:
@@ -48,6 +50,38 @@ def gather_neighbors(x: Tensor, graph: Graph) -> Tensor:
     # index_select copies whole rows; advanced indexing goes through a slower generic path.
     picked = rows.index_select(0, (graph.neighbors + offset).flatten())
     return picked.view(*graph.neighbors.shape, channels)
+
+
+def aggregate_neighbors(x: Tensor, graph: Graph, reduce: str) -> Tensor:
+    """:math:`\\max_{u \\in \\mathcal{N}(v)} x_u` or :math:`\\sum_{u \\in \\mathcal{N}(v)} x_u`
+    for every token, without the :math:`(B, N, K, C)` tensor of neighbour features.
+
+    ``F.embedding_bag`` reduces the rows a bag of indices names in one pass, and its
+    backward routes the gradient to the rows that won (``max``) or were summed: memory
+    and traffic of :math:`(B, N, C)`, not :math:`K` times that. ``sum`` counts valid
+    slots only; ``max`` may see invalid slots, which repeat the token itself, always a
+    neighbour. Exports fall back to :func:`gather_neighbors` (ONNX has no such op).
+
+    Args:
+        x (Tensor): :math:`(B, C, N)`.
+        graph (Graph): neighbours :math:`(B, N, K)`.
+        reduce (str): ``'max'`` or ``'sum'``.
+
+    Returns:
+        Tensor: :math:`(B, C, N)`.
+    """
+    if torch.onnx.is_in_onnx_export():
+        picked = gather_neighbors(x, graph)
+        if reduce == 'sum':
+            return (picked * graph.valid.unsqueeze(-1)).sum(2).transpose(1, 2)
+        return picked.amax(dim=2).transpose(1, 2)
+    batch, channels, num_tokens = x.shape
+    offset = torch.arange(batch, device=x.device).view(-1, 1, 1) * num_tokens
+    bags = (graph.neighbors + offset).view(batch * num_tokens, -1)
+    rows = x.transpose(1, 2).reshape(batch * num_tokens, channels)
+    weights = graph.valid.view_as(bags).to(rows.dtype) if reduce == 'sum' else None
+    out = F.embedding_bag(bags, rows, mode=reduce, per_sample_weights=weights)
+    return out.view(batch, num_tokens, channels).transpose(1, 2)
 
 
 def _as_nodes(module: nn.Module, h: Tensor) -> Tensor:
@@ -106,7 +140,7 @@ class GMRGCN(GGCN):
     def forward(self, x: Tensor, graph: Graph, z: Tensor) -> Tensor:
         """x, z: :math:`(B, C, N)`; returns :math:`(B, 2C, N)`."""
         # max_u (x_u - x_v) == max_u x_u - x_v, without the (B, N, K, C) difference.
-        relative = gather_neighbors(x, graph).amax(dim=2).transpose(1, 2) - x
+        relative = aggregate_neighbors(x, graph, 'max') - x
         return self.mlp(interleave(x, relative, z).unsqueeze(-1)).squeeze(-1)
 
     def forward_sparse(self, x: Tensor, edge_index: Tensor, z: Tensor) -> Tensor:
@@ -153,7 +187,7 @@ class GGraphSAGE(GGCN):
     def forward(self, x: Tensor, graph: Graph, z: Tensor) -> Tensor:
         # MLP_phi depends on x_u alone: apply it per token, then gather.
         phi = self.mlp_phi(x.unsqueeze(-1)).squeeze(-1)
-        pooled = gather_neighbors(phi, graph).amax(dim=2).transpose(1, 2)
+        pooled = aggregate_neighbors(phi, graph, 'max')
         return self.mlp_psi(interleave(x, pooled, z).unsqueeze(-1)).squeeze(-1)
 
     def forward_sparse(self, x: Tensor, edge_index: Tensor, z: Tensor) -> Tensor:
@@ -176,8 +210,7 @@ class GGIN(GGCN):
         return (1 + self.eps) * x + neighbor_sum + (1 + self.delta) * z
 
     def forward(self, x: Tensor, graph: Graph, z: Tensor) -> Tensor:
-        x_u = gather_neighbors(x, graph) * graph.valid.unsqueeze(-1)
-        h = self._combine(x, x_u.sum(dim=2).transpose(1, 2), z)
+        h = self._combine(x, aggregate_neighbors(x, graph, 'sum'), z)
         return self.mlp(h.unsqueeze(-1)).squeeze(-1)
 
     def forward_sparse(self, x: Tensor, edge_index: Tensor, z: Tensor) -> Tensor:

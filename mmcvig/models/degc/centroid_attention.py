@@ -1,10 +1,11 @@
-"""Step (iii) of DEGC: update partition centroids with GATv2 (paper Eq. 2-3)."""
+"""Step (iii) of DEGC, ``global_update``: partition centroids updated with GATv2 (paper
+Eq. 2-3)."""
 import torch
 import torch.nn.functional as F
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
-from .partition import Partition
+from .kmeans import Partition, one_hot_clusters
 
 
 def cluster_means(x: Tensor, part: Partition) -> Tensor:
@@ -15,9 +16,10 @@ def cluster_means(x: Tensor, part: Partition) -> Tensor:
         part (Partition): the partition of ``x``.
 
     Returns:
-        Tensor: :math:`(B, \\kappa, C)`; zeros for empty clusters.
+        Tensor: :math:`(B, \\kappa, C)`; zeros for empty clusters. Padding tokens count
+        in none.
     """
-    one_hot = F.one_hot(part.labels, part.counts.shape[1]).to(x.dtype)
+    one_hot = one_hot_clusters(part.labels, part.counts.shape[1], x.dtype)
     sums = one_hot.transpose(1, 2) @ x
     return sums / part.counts.clamp(min=1).unsqueeze(-1).to(x.dtype)
 

@@ -1,0 +1,150 @@
+"""Step (i) of DEGC, ``partition``: batched k-means over the tokens of every image."""
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+KMEANS_INITS = ('grid', 'random')
+
+
+class Partition(NamedTuple):
+    """Result of :func:`partition`.
+
+    Attributes:
+        labels (LongTensor): :math:`(B, N)` cluster of every token, in ``[0, kappa)``;
+            tokens outside ``valid`` (batch padding) get ``kappa``: no cluster.
+        counts (LongTensor): :math:`(B, \\kappa)` tokens per cluster; may hold zeros.
+        iters (LongTensor, optional): :math:`()` Lloyd iterations run, up to the one
+            that found the fixed point (the most over the batch).
+    """
+    labels: Tensor
+    counts: Tensor
+    iters: Optional[Tensor] = None
+
+
+def one_hot_clusters(labels: Tensor, num_clusters: int, dtype: torch.dtype) -> Tensor:
+    """:math:`(B, N, \\kappa)` membership; a padding token (label ``kappa``) is in none."""
+    return F.one_hot(labels, num_clusters + 1)[..., :num_clusters].to(dtype)
+
+
+def _init_centroids(x: Tensor, num_clusters: int, init: str, valid: Optional[Tensor]) -> Tensor:
+    """Pick ``num_clusters`` tokens of every image as initial centroids.
+
+    ``grid`` takes the tokens at the centres of ``num_clusters`` equal segments of the
+    image's own tokens in raster order, so the result depends on the image only (eval is
+    deterministic and blind to batch mates and padding); ``random`` is the paper's single
+    random initialisation.
+    """
+    batch, num_tokens, _ = x.shape
+    centre = torch.arange(num_clusters, device=x.device) * 2 + 1
+    if init == 'grid' and valid is None:
+        idx = (centre * num_tokens // (2 * num_clusters)).expand(batch, -1)
+    elif init == 'grid':
+        # Rank r among the valid tokens sits where their running count first reaches r+1.
+        rank = centre * valid.sum(1, keepdim=True) // (2 * num_clusters)
+        idx = torch.searchsorted(valid.cumsum(1), rank + 1).clamp(max=num_tokens - 1)
+    elif init == 'random':
+        keys = torch.rand(batch, num_tokens, device=x.device)
+        if valid is not None:
+            keys = keys.masked_fill(~valid, 2.0)  # padding after every real token
+        idx = keys.argsort(dim=1)[:, :num_clusters]
+    else:
+        raise ValueError(f'Unknown k-means init {init!r}; expected one of {KMEANS_INITS}')
+    return x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def _assign(x: Tensor, centroids: Tensor, valid: Optional[Tensor]) -> Tensor:
+    """Nearest centroid of every token: argmin over clusters of ||c||^2 - 2 x.c
+    (||x||^2 is the same for every cluster of a token, so it is left out)."""
+    scores = torch.baddbmm(centroids.square().sum(-1).unsqueeze(1), x, centroids.transpose(1, 2),
+                           alpha=-2)
+    labels = scores.argmin(dim=-1)
+    if valid is not None:
+        labels = labels.masked_fill(~valid, centroids.shape[1])
+    return labels
+
+
+def _update_centroids(x: Tensor, labels: Tensor, centroids: Tensor) -> Tensor:
+    """Mean of every cluster's tokens; an empty cluster keeps its previous centroid
+    rather than collapsing to zero."""
+    one_hot = one_hot_clusters(labels, centroids.shape[1], x.dtype)
+    sizes = one_hot.sum(1).unsqueeze(-1)
+    return torch.where(sizes > 0, (one_hot.transpose(1, 2) @ x) / sizes.clamp(min=1), centroids)
+
+
+@torch.no_grad()
+def partition(x: Tensor,
+              num_clusters: int,
+              max_iters: int = 20,
+              init: str = 'grid',
+              tol: Optional[float] = 0.0,
+              valid: Optional[Tensor] = None,
+              sync_free: bool = False) -> Partition:
+    """Batched k-means (Lloyd) over the tokens of each image, no gradient.
+
+    Every image is clustered on its own: no statistic is shared across the batch, so an
+    image's partition never depends on the other images. The arithmetic runs in float32
+    whatever the input dtype (distances in half precision reorder near ties).
+
+    Args:
+        x (Tensor): :math:`(B, N, C)` token features.
+        num_clusters (int): :math:`\\kappa`, clusters per image. When it exceeds ``N``
+            the surplus clusters stay empty.
+        max_iters (int): at most this many Lloyd iterations (the paper uses 20).
+        init (str): ``'grid'`` (deterministic, default) or ``'random'`` (the paper's).
+        tol (float, optional): stop early once no centroid of any image moved by more
+            than ``tol`` (squared L2). ``0`` (default) stops at the exact fixed point, when
+            no label changed, which is the result full iterations would give, so batch
+            independence holds; ``None`` always runs ``max_iters``.
+        valid (BoolTensor, optional): :math:`(B, N)` False for batch padding: those
+            tokens take no part and are labelled ``kappa``.
+        sync_free (bool): never read a value back to the host: always run ``max_iters``
+            iterations (a fixed point stays one, so ``tol=0`` gives the same labels) and
+            freeze each image once it meets ``tol > 0``. For GPUs and compilation.
+
+    Returns:
+        Partition: labels :math:`(B, N)`, cluster sizes :math:`(B, \\kappa)`, iterations.
+    """
+    x = x.detach().float().contiguous()  # one copy here, not one per matmul below
+    num_clusters_eff = min(num_clusters, x.shape[1])
+    centroids = _init_centroids(x, num_clusters_eff, init, valid)
+    labels, iters = _lloyd(x, centroids, valid, max_iters, tol, sync_free)
+    if num_clusters_eff < num_clusters:  # padding is labelled kappa, not kappa_eff
+        labels = labels.masked_fill(labels == num_clusters_eff, num_clusters)
+    counts = one_hot_clusters(labels, num_clusters, torch.long).sum(1)
+    return Partition(labels, counts, iters)
+
+
+def _lloyd(x: Tensor, centroids: Tensor, valid: Optional[Tensor], max_iters: int, tol,
+           sync_free: bool):
+    """Lloyd iterations from ``centroids``; returns the labels and the iteration count.
+
+    With ``tol > 0`` an image whose centroids moved by at most ``tol`` keeps them (and
+    its labels) from then on, so each image stops on its own. Without ``sync_free`` the
+    loop ends once no image moves (one host read per iteration; ``torch.equal`` for
+    ``tol=0``, whose fixed point would stay one anyway); with it, all ``max_iters`` run
+    and the count stays a tensor.
+    """
+    labels = _assign(x, centroids, valid)
+    iters = torch.zeros((), dtype=torch.long, device=x.device)
+    running = torch.ones((), dtype=torch.bool, device=x.device)
+    for _ in range(max_iters):
+        new = _update_centroids(x, labels, centroids)
+        new_labels = _assign(x, new, valid)
+        iters = iters + running
+        if tol is None:
+            moving = running
+        elif tol > 0:
+            moving = (new - centroids).square().sum(-1).amax(1) > tol  # (B,)
+            new = torch.where(moving.view(-1, 1, 1), new, centroids)
+            new_labels = torch.where(moving.view(-1, 1), new_labels, labels)
+        elif sync_free:
+            moving = (new_labels != labels).any(1)
+        else:
+            moving = running.logical_not() if torch.equal(new_labels, labels) else running
+        centroids, labels = new, new_labels
+        running = running & moving.any()
+        if not sync_free and not bool(running):
+            break
+    return labels, iters
