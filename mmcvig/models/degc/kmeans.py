@@ -2,7 +2,6 @@
 from typing import NamedTuple, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 KMEANS_INITS = ('grid', 'random')
@@ -24,8 +23,13 @@ class Partition(NamedTuple):
 
 
 def one_hot_clusters(labels: Tensor, num_clusters: int, dtype: torch.dtype) -> Tensor:
-    """:math:`(B, N, \\kappa)` membership; a padding token (label ``kappa``) is in none."""
-    return F.one_hot(labels, num_clusters + 1)[..., :num_clusters].to(dtype)
+    """:math:`(B, N, \\kappa)` membership; a padding token (label ``kappa``) is in none.
+
+    A comparison with every cluster id rather than ``F.one_hot``, whose CPU kernel reads
+    the labels' min and max back to check them (two host reads per call).
+    """
+    clusters = torch.arange(num_clusters, device=labels.device)
+    return (labels.unsqueeze(-1) == clusters).to(dtype)
 
 
 def _init_centroids(x: Tensor, num_clusters: int, init: str, valid: Optional[Tensor]) -> Tensor:
