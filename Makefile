@@ -1,20 +1,31 @@
-# Entry points of the project: `make demo` and `make test`. Both first run `make env`,
-# which builds .venv/ with the pinned OpenMMLab stack (tools/setup_env.sh; it returns at
-# once when the environment is already up to date).
+# Entry points of the project: `make demo` and `make test` (and `make lint`, which CI runs
+# first). All first run `make env`, which builds .venv/ with the pinned OpenMMLab stack
+# (tools/setup_env.sh; it returns at once when the environment is already up to date).
 #
 # Overridable: VENV (where the environment lives), PYTHON (the interpreter that runs the
 # demo and the tests, by default the one in VENV), PYTEST_ARGS (extra pytest arguments).
 VENV ?= $(CURDIR)/.venv
 PYTHON ?= $(VENV)/bin/python
 PYTEST_ARGS ?=
+# What flake8 and isort check, with the settings of setup.cfg.
+LINT_PATHS = mmcvig tools tests configs setup.py
 
-.PHONY: env test demo demo-cls clean
+.PHONY: env test lint demo demo-cls clean
 
 env:
 	MMCVIG_VENV="$(VENV)" bash tools/setup_env.sh
 
 test: env
 	"$(PYTHON)" -m pytest tests -q -p no:cacheprovider --timeout=900 $(PYTEST_ARGS)
+
+# flake8 and isort as OpenMMLab projects run them, then one copy of every document
+# (tools/misc/check_docs.py). Every step runs, so that one run lists all the problems.
+lint: env
+	status=0; \
+	"$(PYTHON)" -m flake8 $(LINT_PATHS) || status=1; \
+	"$(PYTHON)" -m isort --check-only --diff $(LINT_PATHS) || status=1; \
+	"$(PYTHON)" tools/misc/check_docs.py || status=1; \
+	exit $$status
 
 demo: env
 	PYTHON="$(PYTHON)" bash tools/demo.sh

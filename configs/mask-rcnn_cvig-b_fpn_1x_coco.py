@@ -2,7 +2,8 @@
 # stochastic depth for the larger model.
 _base_ = './mask-rcnn_cvig-s_fpn_1x_coco.py'
 
+channels = 640  # C of arch 'base'; FPN levels as in configs/_base_/models/cvig-s_pyramid.py
 pretrained = 'work_dirs/cvig-b_8xb128_in1k/epoch_300.pth'  # configs/cvig-b_8xb128_in1k.py
 model = dict(
     backbone=dict(arch='base', drop_path_rate=0.2, init_cfg=dict(checkpoint=pretrained)),
-    neck=dict(in_channels=[160, 320, 640, 640]))
+    neck=dict(in_channels=[channels // 4, channels // 2, channels, channels]))

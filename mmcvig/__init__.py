@@ -1,5 +1,6 @@
-from .version import __version__
 from . import compat
+from .version import __version__
+
 compat.apply_compat()  # before anything loads a checkpoint: see mmcvig/compat.py
 from . import engine, models  # noqa: F401,E402  (register hooks, wrappers and models)
 

@@ -1,8 +1,13 @@
 """Compatibility fixes for the pinned stack, in one place.
 
-:func:`apply_compat` runs at ``import mmcvig``; it is idempotent.
+Each fix names the versions it repairs, checks that the need is there before it acts, and
+has a test in tests/test_compat.py that fails when an upgrade makes it unnecessary or
+wrong (the test asserts that the pinned stack still misbehaves without the fix). None
+replaces an attribute of another module: each goes through an API that torch or
+mmengine offers for the purpose.
 
-**Checkpoints under torch's ``weights_only`` unpickler.** Since torch 2.6, ``torch.load``
+**Checkpoints under torch's ``weights_only`` unpickler** (torch >= 2.6 with mmengine
+0.10.7; :func:`apply_compat`, run at ``import mmcvig``). Since torch 2.6, ``torch.load``
 defaults to ``weights_only=True``: it rebuilds tensors and plain containers only, and
 refuses any other global a pickle names unless it is allow-listed. mmengine 0.10.7 calls
 ``torch.load`` without the argument, and the checkpoints its Runner saves carry more
@@ -10,15 +15,24 @@ than tensors: the message hub's ``HistoryBuffer`` objects, which hold the logged
 as numpy arrays and name their statistics methods, and numpy scalars in the runtime
 info. Resuming from, or testing, such a checkpoint fails with ``Weights only load failed
 ... Unsupported global``. We allow-list exactly the globals those checkpoints name (found
-by saving and resuming a real Runner, see tests/test_compat.py) rather than pass
-``weights_only=False``: a checkpoint is untrusted input, and the full unpickler calls
-whatever a file names.
+by saving and resuming a real Runner, see tests/test_compat.py) with torch's own
+``torch.serialization.add_safe_globals``, rather than pass ``weights_only=False``: a
+checkpoint is untrusted input, and the full unpickler calls whatever a file names.
+
+**torchrun without a GPU** (mmengine 0.10.7; :func:`init_dist_without_cuda`, called by
+tools/train.py). mmengine's ``pytorch`` launcher calls ``torch.cuda.set_device`` before
+``init_process_group`` whatever the backend, so ``tools/dist_train.sh`` dies on a CPU
+machine with "Found no NVIDIA driver". The Runner only initialises the process group
+when none exists (``Runner.setup_env``: ``if self.distributed and not
+is_distributed()``), so the tool starts it first, without that call, and mmengine takes
+it from there.
 """
 import pickle
 
 import numpy as np
 import torch
 from mmengine.logging import HistoryBuffer
+from mmengine.utils import digit_version
 
 # The methods HistoryBuffer._set_default_statistics registers.
 _STATISTICS = ('min', 'max', 'current', 'mean')
@@ -67,30 +81,42 @@ def checkpoint_globals():
     ]
 
 
-def _init_dist_pytorch_without_cuda(backend='gloo', init_backend='torch', **kwargs):
-    """mmengine's torchrun initialisation, minus its unconditional
-    ``torch.cuda.set_device`` which fails on a machine without GPU."""
+def init_dist_without_cuda(launcher: str, backend: str = 'gloo', init_backend: str = 'torch',
+                           **kwargs) -> bool:
+    """Start the process group of a ``torchrun`` job on a machine without accelerator.
+
+    Does what mmengine 0.10.7's ``init_dist('pytorch', ...)`` does, minus its
+    unconditional ``torch.cuda.set_device``, and only where that call would fail: the
+    ``pytorch`` launcher, no CUDA device where mmengine would want one (it handles MLU,
+    NPU and MUSA machines itself; that leaves the CPU and Apple's MPS), and no process
+    group yet. Call it before building the Runner, with
+    the config's ``env_cfg.dist_cfg``; the Runner then finds the group and keeps it.
+    (tools/train.py also picks the gloo backend and a DDP wrapper that accepts CPU
+    modules there: mmcvig.engine.CPUDistributedDataParallel.)
+
+    Returns:
+        bool: whether it started the process group.
+    """
+    from mmengine.device import get_device
+    from mmengine.dist import is_distributed
+    if launcher != 'pytorch' or get_device() not in ('cpu', 'mps') or is_distributed():
+        return False
     if init_backend != 'torch':
-        raise ValueError(f'init_backend {init_backend!r} needs a GPU; only "torch" runs '
-                         'on the CPU')
+        raise ValueError(f'init_backend {init_backend!r} needs an accelerator; only "torch" '
+                         'runs on the CPU')
+    # The rank and world size come from torchrun's environment (env:// rendezvous).
     torch.distributed.init_process_group(backend=backend, **kwargs)
+    return True
 
 
-def _patch_cpu_distributed_launch():
-    """**Distributed training without GPU.** mmengine 0.10.7's ``pytorch`` launcher calls
-    ``torch.cuda.set_device(local_rank)`` before ``init_process_group``, whatever the
-    backend, so ``tools/dist_train.sh`` (torchrun) dies on a CPU machine with "Found no
-    NVIDIA driver". Where CUDA is unavailable, the launcher skips that call; on GPU
-    machines nothing changes. (tools/train.py also picks the gloo backend and a DDP
-    wrapper that accepts CPU modules there.)"""
-    if torch.cuda.is_available():
-        return
-    from mmengine.dist import utils as dist_utils
-    dist_utils._init_dist_pytorch = _init_dist_pytorch_without_cuda
+def needs_checkpoint_allow_list() -> bool:
+    """Whether ``torch.load`` unpickles with ``weights_only=True`` by default (torch 2.6
+    on), which is what refuses mmengine's checkpoints."""
+    return digit_version(torch.__version__) >= digit_version('2.6.0')
 
 
 def apply_compat():
-    """Apply every fix; calling it again changes nothing."""
-    # torch keeps the allow-list as a set: adding the same entries again is a no-op.
-    torch.serialization.add_safe_globals(checkpoint_globals())
-    _patch_cpu_distributed_launch()
+    """Apply the fixes that run at import; calling it again changes nothing."""
+    if needs_checkpoint_allow_list():
+        # torch keeps the allow-list as a set: adding the same entries again is a no-op.
+        torch.serialization.add_safe_globals(checkpoint_globals())

@@ -1,14 +1,21 @@
 """mmcvig.compat: mmengine checkpoints load under torch's ``weights_only`` unpickler,
-and anything else is still refused."""
+and anything else is still refused; torchrun jobs start without a GPU. Each fix also
+has a test that the pinned stack still needs it: when one fails after an upgrade, drop
+(or redo) the fix it names."""
 import os
 import pickle
 import shlex
+import socket
+import subprocess
+import sys
+import textwrap
 import zipfile
 
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from mmengine.device import get_device
 from mmengine.hooks import Hook
 from mmengine.logging import HistoryBuffer
 from mmengine.model import BaseModel
@@ -99,15 +106,27 @@ def test_runner_resumes_its_own_checkpoint(trained):
 
 
 def test_checkpoint_needs_the_allow_list(trained):
+    """The pinned torch and mmengine still refuse a Runner's checkpoint without it."""
     _, ckpt = trained
+    assert compat.needs_checkpoint_allow_list()
     allowed = torch.serialization.get_safe_globals()
     torch.serialization.clear_safe_globals()
     try:
-        with pytest.raises(pickle.UnpicklingError, match='Unsupported global'):
-            _load_checkpoint(str(ckpt), map_location='cpu')
+        _load_checkpoint(str(ckpt), map_location='cpu')
+    except pickle.UnpicklingError as error:
+        assert 'Unsupported global' in str(error)
+    else:
+        pytest.fail('mmengine checkpoints load without the allow-list now (torch or '
+                    'mmengine upgraded): drop checkpoint_globals from mmcvig/compat.py')
     finally:
         torch.serialization.add_safe_globals(allowed)
     _load_checkpoint(str(ckpt), map_location='cpu')
+
+
+def test_history_buffer_statistics_are_the_allowed_ones():
+    # A statistic that mmengine adds would be pickled and refused; one it drops would
+    # stay allowed for nothing.
+    assert set(HistoryBuffer._statistics_methods) == set(compat._STATISTICS)
 
 
 class Payload:
@@ -178,3 +197,68 @@ def test_checkpoint_written_under_numpy_1(trained, tmp_path):
     np.testing.assert_array_equal(
         hub['log_scalars']['train/loss'].data[0],
         original['message_hub']['log_scalars']['train/loss'].data[0])
+
+
+# ------------------------------------------------------------------ torchrun, no GPU
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def run_as_torchrun_rank(code):
+    """Runs ``code`` in a fresh interpreter with the environment torchrun gives the only
+    process of a one-process job."""
+    env = dict(os.environ, RANK='0', LOCAL_RANK='0', WORLD_SIZE='1',
+               MASTER_ADDR='127.0.0.1', MASTER_PORT=str(free_port()), OMP_NUM_THREADS='1')
+    # From the repository root: `python -c` puts the working directory on the path.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return subprocess.run([sys.executable, '-c', textwrap.dedent(code)], env=env, cwd=root,
+                          capture_output=True, text=True, timeout=120)
+
+
+needs_cpu_only = pytest.mark.skipif(get_device() != 'cpu',
+                                    reason='the fix is for machines without accelerator')
+
+
+@needs_cpu_only
+def test_mmengine_torchrun_launch_still_needs_a_gpu():
+    result = run_as_torchrun_rank("""
+        from mmengine.dist import init_dist
+        init_dist('pytorch', backend='gloo')
+    """)
+    if result.returncode == 0:
+        pytest.fail('mmengine starts torchrun processes without a GPU now: drop '
+                    'init_dist_without_cuda (mmcvig/compat.py, tools/train.py)')
+    assert 'set_device' in result.stderr, result.stderr[-3000:]
+
+
+@needs_cpu_only
+def test_init_dist_without_cuda_starts_the_group_mmengine_uses():
+    result = run_as_torchrun_rank("""
+        import torch
+        from mmengine import dist
+        from mmcvig.compat import init_dist_without_cuda
+        assert not init_dist_without_cuda('none')
+        assert init_dist_without_cuda('pytorch', backend='gloo')
+        assert not init_dist_without_cuda('pytorch', backend='gloo')  # already started
+        # What Runner.setup_env checks before it would call init_dist itself.
+        assert dist.is_distributed()
+        assert (dist.get_rank(), dist.get_world_size(), dist.get_backend()) == (0, 1, 'gloo')
+        value = torch.ones(2)
+        dist.all_reduce(value)
+        assert value.tolist() == [1., 1.]
+        print('ok')
+    """)
+    assert result.returncode == 0 and 'ok' in result.stdout, result.stderr[-3000:]
+
+
+def test_no_attribute_of_another_module_is_replaced():
+    import mmengine.dist.utils
+    import mmengine.runner.checkpoint
+
+    import mmcvig  # noqa: F401
+    assert mmengine.dist.utils._init_dist_pytorch.__module__ == 'mmengine.dist.utils'
+    assert mmengine.dist.init_dist is mmengine.dist.utils.init_dist
+    assert torch.load is torch.serialization.load
+    assert mmengine.runner.checkpoint.torch.load is torch.serialization.load

@@ -19,7 +19,7 @@ def test_missing_coco_is_named_with_its_folder(tmp_path):
         check_data(cfg)
     message = str(error.value)
     assert 'annotations/instances_train2017.json' in message
-    assert str(tmp_path / 'coco') in message and 'README.md' in message
+    assert str(tmp_path / 'coco') in message and 'docs/detection.md#coco' in message
 
 
 def test_present_data_passes(tmp_path):

@@ -136,6 +136,21 @@ def test_config_builds_with_its_real_backbone(path):
         assert (init.type, init.prefix) == ('Pretrained', 'backbone.')
         assert init.checkpoint.startswith('work_dirs/cvig-')
     assert cfg.model.data_preprocessor.mean == [127.5] * 3  # as the ImageNet training
+    # Results must not depend on batch mates (mmdet pads every batch).
+    assert cfg.model.backbone.pad_aware is True
+
+
+FRAGMENT = ROOT / 'configs' / '_base_' / 'models' / 'cvig-s_pyramid.py'
+
+
+@pytest.mark.parametrize('path', DET_CONFIGS, ids=CONFIG_IDS)
+def test_backbone_and_normalisation_are_spelled_once(path):
+    # Only the fragment spells out the backbone, its normalisation and its channels;
+    # every detection config inherits them (directly or through another config).
+    text = path.read_text()
+    assert "type='ClusterViG'" not in text and '127.5' not in text
+    assert not re.search(r'in_channels=\[\d', text), 'FPN in_channels typed by hand'
+    assert "type='ClusterViG'" in FRAGMENT.read_text()
 
 
 def test_no_weight_decay_on_norms_biases_and_pos_embed():

@@ -3,7 +3,6 @@
 import pytest
 import torch
 from mmdet.testing import demo_mm_inputs
-
 from test_detection import TOY_CONFIG, build_detector, mini_model_cfg
 
 

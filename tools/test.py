@@ -20,9 +20,8 @@ from mmengine.runner import Runner  # noqa: E402
 
 import mmcvig  # noqa: E402,F401  (applies mmcvig.compat)
 from mmcvig.datasets.checks import check_data  # noqa: E402
-from mmcvig.engine.scope import (  # noqa: E402
-    add_launcher_args, export_local_rank, register_modules,
-    scope_of)
+from mmcvig.engine.scope import (add_launcher_args, export_local_rank,  # noqa: E402
+                                 register_modules, scope_of)
 
 
 def parse_args():

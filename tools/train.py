@@ -20,10 +20,10 @@ from mmengine.registry import RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 import mmcvig  # noqa: E402,F401  (applies mmcvig.compat)
+from mmcvig.compat import init_dist_without_cuda  # noqa: E402
 from mmcvig.datasets.checks import check_data  # noqa: E402
-from mmcvig.engine.scope import (  # noqa: E402
-    add_launcher_args, export_local_rank, register_modules,
-    scope_of)
+from mmcvig.engine.scope import (add_launcher_args, export_local_rank,  # noqa: E402
+                                 register_modules, scope_of)
 
 
 def parse_args():
@@ -138,6 +138,9 @@ def main():
     check_data(cfg, ('train_dataloader', 'val_dataloader') if cfg.get('val_cfg') else
                ('train_dataloader', ))
 
+    # mmengine 0.10.7 cannot start torchrun processes without a GPU (mmcvig/compat.py):
+    # start them here, and the Runner keeps the process group it finds.
+    init_dist_without_cuda(cfg.launcher, **cfg.get('env_cfg', {}).get('dist_cfg', {}))
     if 'runner_type' not in cfg:
         runner = Runner.from_cfg(cfg)
     else:

@@ -16,6 +16,7 @@ model = dict(
         img_size=256,
         drop_path_rate=0.,
         init_cfg=None),  # from scratch: no pretrained classifier here
+    # The pyramid's levels from `channels`, as in configs/_base_/models/cvig-s_pyramid.py.
     neck=dict(in_channels=[channels // 4, channels // 2, channels, channels],
               out_channels=channels),
     rpn_head=dict(

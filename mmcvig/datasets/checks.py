@@ -54,7 +54,7 @@ def check_data(cfg, loaders=LOADERS):
     raise FileNotFoundError(
         'The data set of this config is not where the config expects it:\n' +
         '\n'.join(lines) + '\n' +
-        (f'Put it under {", ".join(roots)} (layouts: README.md, sections Detection and '
-         'Classification) or point the config elsewhere, e.g. --cfg-options '
+        (f'Put it under {", ".join(roots)} (layouts: docs/detection.md#coco and '
+         'docs/classification.md#data) or point the config elsewhere, e.g. --cfg-options '
          'train_dataloader.dataset.data_root=PATH/ (and the val/test loaders, evaluator).'
          if roots else 'Fix the paths in the config or with --cfg-options.'))
