@@ -5,10 +5,9 @@ import torch.nn.functional as F
 from mmpretrain.models.backbones.vig import DenseDilatedKnnGraph
 from torch_geometric.nn import GATv2Conv
 
-from mmcvig.models.degc import (DEGC, GRAPH_CONVS, GlobalUpdate, Partition, build_graph,
-                                build_graph_sparse, build_local_update, cluster_means,
-                                partition)
-from mmcvig.models.degc import aggregate_neighbors, gather_neighbors, knn_graph
+from mmcvig.models.degc import (DEGC, GRAPH_CONVS, GlobalUpdate, Partition, aggregate_neighbors,
+                                build_graph, build_graph_sparse, build_local_update, cluster_means,
+                                gather_neighbors, graph_conv, knn_graph, partition)
 
 METHODS = ('masked', 'segments')
 
@@ -327,10 +326,12 @@ def test_degc_dense_sparse_modules_agree(graph_conv):
     torch.testing.assert_close(out, sparse(x), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize('reduce', ['max', 'sum'])
-def test_aggregation_equals_gathered_reduction(reduce):
+@pytest.mark.parametrize('reduce,chunk', [('max', None), ('max', 7 * 12 * 5), ('sum', None)])
+def test_aggregation_equals_gathered_reduction(reduce, chunk, monkeypatch):
     """The (B, N, C) aggregation gives the values and gradients of gathering the
-    (B, N, K, C) neighbour features and reducing them."""
+    (B, N, K, C) neighbour features and reducing them (max: also chunk by chunk)."""
+    if chunk:
+        monkeypatch.setattr(graph_conv, '_MAX_CHUNK_ELEMENTS', chunk)
     gen = torch.Generator().manual_seed(6)
     x = torch.randn(3, 12, 50, generator=gen)
     labels = skewed_labels(gen)

@@ -1,6 +1,6 @@
 """ClusterViG: an isotropic vision GNN built from DEGC (paper Sec. IV-C, Fig. 4)."""
 import math
-from typing import List, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch

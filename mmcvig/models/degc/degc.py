@@ -81,7 +81,8 @@ class DEGC(BaseModule):
                  cluster_size: int = None, graph_conv: str = 'mrgcn', groups: int = 1,
                  graph_impl: str = 'dense',
                  kmeans_iters: int = 20, kmeans_init: str = 'grid', kmeans_tol: float = 0.0,
-                 sync_free: Optional[bool] = None, norm_cfg=dict(type='BN'), act_cfg=dict(type='GELU'), init_cfg=None):
+                 sync_free: Optional[bool] = None, norm_cfg=dict(type='BN'),
+                 act_cfg=dict(type='GELU'), init_cfg=None):
         super().__init__(init_cfg)
         _check_positive('num_clusters', num_clusters)
         _check_positive('k', k)
