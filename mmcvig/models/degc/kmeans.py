@@ -124,11 +124,33 @@ def _lloyd(x: Tensor, centroids: Tensor, valid: Optional[Tensor], max_iters: int
            sync_free: bool):
     """Lloyd iterations from ``centroids``; returns the labels and the iteration count.
 
+    Eager with ``tol`` 0 or None, the count is a Python int and the loop ends at the
+    exact fixed point (one ``torch.equal`` per iteration; a fixed point would stay one),
+    with no other operator per iteration: at 196 tokens the operators are the cost.
+    Otherwise see :func:`_lloyd_per_image`.
+    """
+    if sync_free or tol:
+        return _lloyd_per_image(x, centroids, valid, max_iters, tol, sync_free)
+    labels = _assign(x, centroids, valid)
+    iters = 0
+    for iters in range(1, max_iters + 1):
+        centroids = _update_centroids(x, labels, centroids)
+        new_labels = _assign(x, centroids, valid)
+        converged = tol is not None and torch.equal(new_labels, labels)
+        labels = new_labels
+        if converged:
+            break
+    return labels, torch.tensor(iters, device=x.device)
+
+
+def _lloyd_per_image(x: Tensor, centroids: Tensor, valid: Optional[Tensor], max_iters: int,
+                     tol, sync_free: bool):
+    """Lloyd iterations with the bookkeeping in tensors.
+
     With ``tol > 0`` an image whose centroids moved by at most ``tol`` keeps them (and
     its labels) from then on, so each image stops on its own. Without ``sync_free`` the
-    loop ends once no image moves (one host read per iteration; ``torch.equal`` for
-    ``tol=0``, whose fixed point would stay one anyway); with it, all ``max_iters`` run
-    and the count stays a tensor.
+    loop ends once no image moves (one host read per iteration); with it, all
+    ``max_iters`` run and the count stays a tensor.
     """
     labels = _assign(x, centroids, valid)
     iters = torch.zeros((), dtype=torch.long, device=x.device)
@@ -143,10 +165,8 @@ def _lloyd(x: Tensor, centroids: Tensor, valid: Optional[Tensor], max_iters: int
             moving = (new - centroids).square().sum(-1).amax(1) > tol  # (B,)
             new = torch.where(moving.view(-1, 1, 1), new, centroids)
             new_labels = torch.where(moving.view(-1, 1), new_labels, labels)
-        elif sync_free:
+        else:  # sync-free, exact fixed point
             moving = (new_labels != labels).any(1)
-        else:
-            moving = running.logical_not() if torch.equal(new_labels, labels) else running
         centroids, labels = new, new_labels
         running = running & moving.any()
         if not sync_free and not bool(running):

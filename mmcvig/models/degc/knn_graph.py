@@ -111,16 +111,19 @@ def _row_blocks(rows: int, elements_per_row: int) -> List[slice]:
 
 
 def _knn_masked(feats: Tensor, labels: Tensor, num_clusters: int, k: int) -> Graph:
-    """Every token against every token of its image, other clusters masked."""
+    """Every token against every token of its image, other clusters masked.
+
+    Padding tokens (label ``kappa``) share a label, so they only ever match each other;
+    their slots are all made invalid below, so no real token sees them. The similarity
+    is edited in place: at 196 tokens the operator count, not the arithmetic, is what
+    this step costs.
+    """
     batch, num_tokens, _ = feats.shape
-    # Padding keys (label kappa) match no query, padding queries keep only themselves.
-    key_cluster = labels.masked_fill(labels == num_clusters, -1).unsqueeze(1)
-    token = torch.arange(num_tokens, device=feats.device)
     top_sims, tops = [], []
     for rows in _row_blocks(num_tokens, batch * num_tokens):
         sim = feats[:, rows] @ feats.transpose(1, 2)  # (B, rows, N)
-        sim = sim.masked_fill(labels[:, rows].unsqueeze(-1) != key_cluster, float('-inf'))
-        sim = sim.masked_fill(token[rows].unsqueeze(-1) == token, _SELF_SCORE)
+        sim.masked_fill_(labels[:, rows].unsqueeze(-1) != labels.unsqueeze(1), float('-inf'))
+        sim.diagonal(rows.start, dim1=1, dim2=2).fill_(_SELF_SCORE)
         top_sim, top = sim.topk(min(k, num_tokens), dim=-1)
         top_sims.append(top_sim)
         tops.append(top)
