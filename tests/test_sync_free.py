@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from mmcvig.analysis.host_sync import HostSyncCounter
+from mmcvig.analysis import HostSyncCounter
 from mmcvig.models import ClusterViG
 
 MINI = dict(num_blocks=3, channels=32, num_clusters=3, groups=2, stride=16)

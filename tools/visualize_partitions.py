@@ -5,11 +5,10 @@ One panel per block: the image with every token coloured by its cluster (alpha b
 at the token grid), the chosen token (white star) and lines to its graph neighbours
 (dots; the token itself is neighbour 0). A neighbour is always in the token's cluster.
 
-The partition and graph are those of the real forward: a forward pre-hook on each chosen
-block's DEGC takes the block's input and calls the DEGC step functions on it
-(``partition``, ``build_graph``) with that DEGC's own settings. With ``kmeans_init=random``
-the random state is restored after the capture, so the forward draws the same
-initialisation. The model code is not touched.
+The partition and graph are those the forward computed, as it reports them:
+``ClusterViG.forward(x, return_intermediates=True)`` returns every block's
+:class:`~mmcvig.models.degc.DEGCIntermediates` (partition and k-NN graph of the dense
+path). Nothing is recomputed and the model is not touched.
 
 Examples:
   # random-init ClusterViG-Ti on a bundled photo, blocks 0, 5 and 11
@@ -23,7 +22,7 @@ import json
 import os
 import os.path as osp
 import sys
-from typing import Dict, List
+from typing import Dict
 
 # Run from a checkout without installing or setting PYTHONPATH.
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -33,8 +32,8 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import mmcvig  # noqa: E402,F401  (checkpoint allow-list: mmcvig.compat)
+from mmcvig.analysis import partition_records  # noqa: E402
 from mmcvig.models import ClusterViG  # noqa: E402
-from mmcvig.models.degc import DEGC, build_graph, partition  # noqa: E402
 
 # ImageNet statistics, as the classification configs normalise.
 MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)
@@ -80,6 +79,7 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
 
 def build_model(args) -> ClusterViG:
     arch = json.loads(args.arch_dict) if args.arch_dict else args.arch
+    torch.manual_seed(args.seed)  # the random weights, when no checkpoint replaces them
     model = ClusterViG(arch, img_size=args.img_size, kmeans_init=args.kmeans_init)
     if args.checkpoint:
         from mmengine.runner import load_checkpoint
@@ -90,46 +90,6 @@ def build_model(args) -> ClusterViG:
                         revise_keys=[(r'^module\.', ''), (r'^backbone\.', '')])
     model.eval()
     return model
-
-
-class GraphCapture:
-    """Partition and graph of the DEGC of chosen blocks, captured during a forward."""
-
-    def __init__(self, model: ClusterViG, blocks: List[int]):
-        self.records: Dict[int, dict] = {}
-        self.handles = []
-        for index in blocks:
-            degc = next(m for m in model.blocks[index].modules() if isinstance(m, DEGC))
-            self.handles.append(degc.register_forward_pre_hook(self._hook(index, degc)))
-
-    def _hook(self, index: int, degc: DEGC):
-        def capture(module, inputs):
-            x = inputs[0]
-            tokens = x.flatten(2).transpose(1, 2)
-            # Same random draws for the capture and the forward (kmeans_init='random').
-            state = torch.get_rng_state()
-            part = partition(tokens, degc.clusters_for(tokens.shape[1]), **degc.kmeans_cfg)
-            torch.set_rng_state(state)
-            graph = build_graph(tokens, part, degc.k)
-            self.records[index] = dict(grid=tuple(x.shape[-2:]), labels=part.labels[0],
-                                       counts=part.counts[0], neighbors=graph.neighbors[0],
-                                       valid=graph.valid[0], k=degc.k)
-
-        return capture
-
-    def remove(self):
-        for handle in self.handles:
-            handle.remove()
-
-
-def capture(model: ClusterViG, x: torch.Tensor, blocks: List[int]) -> Dict[int, dict]:
-    hooks = GraphCapture(model, blocks)
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        hooks.remove()
-    return hooks.records
 
 
 def token_centres(grid, size: int, indices: np.ndarray) -> np.ndarray:
@@ -199,6 +159,10 @@ def parse_args(argv=None):
                         'centre)')
     parser.add_argument('--panel-size', type=int, default=256, help='pixels per panel')
     parser.add_argument('--alpha', type=float, default=0.45, help='cluster colour opacity')
+    parser.add_argument('--seed', type=int, default=0,
+                        help='random weights (and random k-means initialisation)')
+    parser.add_argument('--dump', help='also save the input and the drawn blocks\' labels, '
+                        'counts, neighbours and valid slots to this .npz')
     parser.add_argument('--out', default='work_dirs/partitions.png')
     return parser.parse_args(argv)
 
@@ -213,7 +177,8 @@ def main(argv=None) -> str:
         raise SystemExit(f'--blocks {bad} out of range: the model has {num_blocks} blocks')
     blocks = sorted({b % num_blocks for b in blocks})
     image = load_image(args.image, args.img_size)
-    records = capture(model, to_tensor(image), blocks)
+    x = to_tensor(image)
+    records = partition_records(model, x, blocks)
     grid = records[blocks[0]]['grid']
     row, col = args.token or (grid[0] // 2, grid[1] // 2)
     if not (0 <= row < grid[0] and 0 <= col < grid[1]):
@@ -226,8 +191,20 @@ def main(argv=None) -> str:
         nbrs = rec['neighbors'][token][rec['valid'][token]].tolist()
         print(f'block {block}: cluster sizes {rec["counts"].tolist()}, token ({row}, {col}) '
               f'in cluster {int(rec["labels"][token])}, neighbours {nbrs}')
+    if args.dump:
+        dump(args.dump, x, records)
     print(f'wrote {args.out}')
     return args.out
+
+
+def dump(path: str, x: torch.Tensor, records: Dict[int, dict]):
+    """``input`` :math:`(1, 3, H, W)` and ``block<i>_<key>`` arrays of every record."""
+    arrays = {'input': x.numpy()}
+    for block, rec in records.items():
+        for key in ('labels', 'counts', 'neighbors', 'valid'):
+            arrays[f'block{block}_{key}'] = rec[key].numpy()
+    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    np.savez(path, **arrays)
 
 
 if __name__ == '__main__':

@@ -1,10 +1,13 @@
 """Export a ClusterViG backbone to ONNX and check it against PyTorch with onnxruntime.
 
 The exported graph is the dense DEGC path with a fixed number of k-means iterations
-(``kmeans_tol=None``): ONNX graphs have static control flow, and ``build_graph`` switches
-to shape bounds that do not depend on the data while exporting. Token-grid sizes are
-baked in at export (tile counts, the positional embedding's size), so the height and
-width of the input are fixed; the batch can be dynamic (``--dynamic-batch``).
+(``kmeans_tol=None``): ONNX graphs have static control flow. While exporting, DEGC takes
+its static-shape path by itself (``knn_graph.static_shapes``): the masked k-NN (no
+per-cluster blocks, no host read) and neighbour aggregation by gather + reduce, as ONNX
+has no ``embedding_bag``; every operator then has a standard ONNX translation. Token-grid
+sizes are baked in at export (the positional embedding's size), so the height and width
+of the input are fixed; the batch can be dynamic (``--dynamic-batch``). Batch padding
+(``pad_aware``) is not part of the export.
 
 Exporter: torch's TorchScript-based ``torch.onnx.export(..., dynamo=False)``; the dynamo
 exporter needs the ``onnxscript`` package, which the project does not install.
@@ -28,33 +31,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.nn.modules.batchnorm import _BatchNorm  # noqa: E402
-from torch.onnx import symbolic_helper  # noqa: E402
 
 import mmcvig  # noqa: E402,F401  (checkpoint allow-list: mmcvig.compat)
 from mmcvig.models import ClusterViG  # noqa: E402
 
 INPUT_NAME = 'images'
-
-
-@symbolic_helper.parse_args('v', 'v', 'b', 'b', 's', 'v')
-def _searchsorted_symbolic(g, sorted_sequence, values, out_int32, right, side, sorter):
-    """ONNX has no searchsorted. For a sorted last axis, ``searchsorted(seq, v,
-    right=True)`` is the count of entries ``<= v`` (``< v`` for right=False): a
-    broadcast comparison and a sum over that axis. ``tile_layout`` looks tiles up in a
-    per-image cumulative sum of kappa entries, so the (B, T, kappa) comparison is small.
-    """
-    if out_int32 or not symbolic_helper._is_none(sorter):
-        raise RuntimeError('searchsorted with out_int32 or a sorter cannot be exported')
-    last = g.op('Constant', value_t=torch.tensor([-1]))
-    v = g.op('Unsqueeze', values, last)  # (..., T, 1)
-    s = g.op('Unsqueeze', sorted_sequence, g.op('Constant', value_t=torch.tensor([-2])))
-    hits = g.op('GreaterOrEqual' if right or side == 'right' else 'Greater', v, s)
-    return g.op('ReduceSum', g.op('Cast', hits, to_i=7), last, keepdims_i=0)  # 7: int64
-
-
-def register_symbolics(opset: int):
-    torch.onnx.register_custom_op_symbolic('aten::searchsorted', _searchsorted_symbolic,
-                                           opset)
 
 
 def build_model(args) -> ClusterViG:
@@ -100,7 +81,6 @@ def output_names(model: ClusterViG):
 
 
 def export(model: ClusterViG, path: str, shape, batch: int, dynamic_batch: bool, opset: int):
-    register_symbolics(opset)
     x = torch.randn(batch, 3, *shape)
     names = output_names(model)
     dynamic_axes = None
