@@ -4,10 +4,13 @@
 # lr 1e-6, drop path 0.1, repeated augmentation, EMA 0.99996, mean/std 0.5 and a 0.9
 # centre crop) follows the ViG training command and model defaults.
 #
-# Knowledge distillation from RegNetY-16GF is NOT run: mmpretrain 1.2 has no
-# teacher-student model (see docs/readme/classification.md). The distillation classifier
-# is still built, since the paper's parameter counts include it, and is trained on the
-# labels like the main one.
+# Knowledge distillation from RegNetY-16GF (timm's `regnety_160`), as the paper and DeiT:
+# the head's distillation classifier learns the teacher's argmax on each (mixed) batch,
+# weight 0.5 each (mmcvig.models.HardDistillationClassifier). Nothing is downloaded: put
+# the teacher's weights (DeiT's regnety_160-a5fe301d.pth, or timm's regnety_160 weights
+# as .pth or .safetensors) at `model.teacher_ckpt`, or pass
+#   --cfg-options model.teacher_ckpt=PATH
+# Training on the labels only: the `_no-distill` configs (or model.teacher=None).
 _base_ = [
     # ViG's pipeline: RandomResizedCrop, flip, RandAugment (rand-m9-mstd0.5-inc1),
     # random erasing 0.25; mean/std 127.5; test resize 248 + centre crop 224 (0.9).
@@ -19,8 +22,20 @@ _base_ = [
 ]
 custom_imports = dict(imports=['mmcvig'], allow_failed_imports=False)
 
+# The teacher's own normalisation (timm's ImageNet mean/std, RGB): the student's inputs
+# (mean/std 127.5, after Mixup/CutMix) are converted to it, the same pixels.
+teacher = dict(
+    type='TimmClassifier',
+    model_name='regnety_160',
+    pretrained=False,
+    num_classes=1000,
+    data_preprocessor=dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375],
+                           to_rgb=True))
 model = dict(
-    type='ImageClassifier',
+    type='HardDistillationClassifier',
+    teacher=teacher,
+    teacher_ckpt='checkpoints/regnety_160-a5fe301d.pth',
+    distill_weight=0.5,
     backbone=dict(type='ClusterViG', arch='tiny', img_size=224, drop_path_rate=0.1),
     neck=None,  # the head pools globally itself
     head=dict(
@@ -29,7 +44,7 @@ model = dict(
         in_channels=192,
         hidden_channels=1024,
         dropout=0.,
-        distillation=True,
+        distillation=True,  # the classifier the teacher trains
         loss=dict(type='LabelSmoothLoss', label_smooth_val=0.1, mode='original'),
         topk=(1, 5)),
     # timm's --mixup .8 --cutmix 1.0: one of the two, picked at random, per batch.

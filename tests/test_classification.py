@@ -1,9 +1,10 @@
-"""Classification configs (configs/cvig-*_in1k.py, configs/toy/), the toy dataset
+"""Classification configs (configs/cvig-*_in1k*.py, configs/toy/), the toy dataset
 generator and get_flops.py on a classifier.
 
 The ImageNet configs are built as they are, except that the big archs are swapped for a
 mini one of the same stem stride (the 28x28-token B-dagger keeps its stride 8) on 64x64
-images; the real CViG-Ti is built once, at 224.
+images, and their RegNetY-16GF teacher for timm's RegNetY-200MF (random weights, saved to
+a checkpoint file); the real CViG-Ti is built once, at 224.
 """
 import copy
 import importlib.util
@@ -34,8 +35,12 @@ IN1K_ARCHS = {
     'cvig-b_8xb128_in1k.py': 'base',
     'cvig-b-hr_8xb128_in1k.py': 'base-hr',
 }
+NO_DISTILL = {name: name.replace('.py', '_no-distill.py') for name in IN1K_ARCHS}
 TOY_CONFIG = ROOT / 'configs' / 'toy' / 'cvig-mini_toy-cls.py'
-ALL_CONFIGS = [ROOT / 'configs' / name for name in IN1K_ARCHS] + [TOY_CONFIG]
+TOY_DISTILL = ROOT / 'configs' / 'toy' / 'cvig-mini_toy-cls_distill.py'
+ALL_CONFIGS = ([ROOT / 'configs' / name for name in IN1K_ARCHS]
+               + [ROOT / 'configs' / name for name in NO_DISTILL.values()]
+               + [TOY_CONFIG, TOY_DISTILL])
 SIZE = 64
 
 
@@ -88,6 +93,24 @@ def shrink(cfg):
     return cfg
 
 
+def tiny_teacher(cfg, directory):
+    """Gives the config's teacher small settings and weights: timm's ``regnety_002``
+    (RegNetY-200MF) for the ImageNet configs' ``regnety_160``, the toy teacher as it is;
+    random weights, saved to a checkpoint file that ``model.teacher_ckpt`` then names."""
+    teacher = cfg.model.get('teacher')
+    if teacher is None:
+        return cfg
+    if isinstance(teacher, str):  # an mmpretrain config file
+        teacher = Config.fromfile(teacher).model
+    else:
+        assert (teacher.type, teacher.model_name) == ('TimmClassifier', 'regnety_160')
+        teacher.model_name = 'regnety_002'
+    path = Path(directory) / 'teacher.pth'
+    torch.save(MODELS.build(copy.deepcopy(teacher)).state_dict(), path)
+    cfg.model.teacher_ckpt = str(path)
+    return cfg
+
+
 def batch(num_classes, size=SIZE, num=4):
     """What a dataloader gives the model: uint8 images and labelled data samples."""
     gen = torch.Generator().manual_seed(0)
@@ -117,6 +140,14 @@ def test_in1k_config_recipe(name):
     assert cfg.model.backbone.arch == arch
     assert cfg.model.head.in_channels == ClusterViG.arch_settings[arch]['channels']
     assert cfg.model.head.distillation and cfg.model.head.num_classes == 1000
+    # DeiT's hard distillation from RegNetY-16GF, weights from a local file.
+    assert cfg.model.type == 'HardDistillationClassifier'
+    assert (cfg.model.teacher.type, cfg.model.teacher.model_name) == ('TimmClassifier',
+                                                                      'regnety_160')
+    assert cfg.model.teacher.num_classes == 1000 and not cfg.model.teacher.pretrained
+    assert cfg.model.teacher_ckpt.endswith('.pth') and cfg.model.distill_weight == 0.5
+    no_distill = Config.fromfile(str(ROOT / 'configs' / NO_DISTILL[name]))
+    assert no_distill.model.teacher is None and no_distill.model.backbone.arch == arch
     assert cfg.model.head.loss.label_smooth_val == 0.1
     optimizer = cfg.optim_wrapper.optimizer
     assert (optimizer.type, optimizer.lr, optimizer.weight_decay) == ('AdamW', 2e-3, 0.05)
@@ -131,11 +162,13 @@ def test_in1k_config_recipe(name):
 
 
 @pytest.mark.parametrize('path', ALL_CONFIGS, ids=lambda p: p.name)
-def test_train_and_predict_step(path):
-    """Each config builds, takes an optimiser step with its own optim_wrapper (Mixup or
-    CutMix included for ImageNet) and predicts, on a tiny CPU batch."""
-    cfg = shrink(load_config(path))
+def test_train_and_predict_step(path, tmp_path):
+    """Each config builds, loads its (tiny) teacher as the Runner would, takes an
+    optimiser step with its own optim_wrapper (Mixup or CutMix included for ImageNet)
+    and predicts, on a tiny CPU batch."""
+    cfg = tiny_teacher(shrink(load_config(path)), tmp_path)
     model = build_model(cfg)
+    model.init_weights()  # what the Runner does first; loads the teacher
     num_classes = cfg.model.head.num_classes
     optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
     data = batch(num_classes)
@@ -256,12 +289,14 @@ def test_toy_config_trains_and_evaluates_with_the_runner(tmp_path):
 
 def test_in1k_recipe_runs_through_the_runner_with_ema(tmp_path):
     """CViG-Ti's ImageNet recipe as it is (RepeatAugSampler, RandAugment, random erasing,
-    Mixup/CutMix, EMA) on toy images in class folders, mini arch: it trains, saves the
-    EMA weights and is tested from the checkpoint as tools/test.py does."""
+    Mixup/CutMix, EMA, a tiny timm teacher) on toy images in class folders, mini arch:
+    it trains, saves the EMA weights without the teacher's and is tested from the
+    checkpoint as tools/test.py does."""
     data_root = tmp_path / 'toy_cls'
     toy.main(['--out', str(data_root), '--size', '32', '--train', '2', '--val', '1',
               '--test', '1'])
     cfg = shrink(load_config(ROOT / 'configs' / 'cvig-ti_8xb128_in1k.py'))
+    tiny_teacher(cfg, tmp_path)
     for loader, split in (('train_dataloader', 'train'), ('val_dataloader', 'val'),
                           ('test_dataloader', 'test')):
         # ImageNet's class list is fixed to the 1000 synsets; the toy folders are not.
@@ -283,6 +318,7 @@ def test_in1k_recipe_runs_through_the_runner_with_ema(tmp_path):
     # The saved state_dict holds the averaged weights, which lag behind the trained ones.
     averaged, trained = checkpoint['state_dict'], checkpoint['ema_state_dict']
     assert not torch.equal(averaged['backbone.pos_embed'], trained['module.backbone.pos_embed'])
+    assert not any('teacher' in key for key in [*averaged, *trained])
 
     cfg.load_from = str(checkpoint_file)
     cfg.work_dir = str(tmp_path / 'test')

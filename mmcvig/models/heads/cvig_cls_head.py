@@ -17,9 +17,10 @@ class ClusterViGClsHead(ClsHead):
 
     With ``distillation=True`` a second linear classifier (the distillation token head of
     DeiT-style training) is added. At test time the two logits are averaged. In training
-    both are returned by :meth:`forward`; :meth:`loss` supervises both with the data
-    samples' labels, since mmpretrain 1.2 has no teacher model to give the distillation
-    head its own targets (see README, "Classification").
+    both are returned by :meth:`forward`. :meth:`loss` trains the distillation classifier
+    on the teacher's hard labels when it is given them (DeiT's hard distillation, see
+    :class:`~mmcvig.models.HardDistillationClassifier`), and on the data samples' labels,
+    like the main one, when it is not.
 
     Args:
         num_classes (int): number of categories.
@@ -62,13 +63,39 @@ class ClusterViGClsHead(ClsHead):
             return logits, logits_dist
         return (logits + logits_dist) / 2
 
-    def loss(self, feats: Tuple[Tensor], data_samples: List[DataSample], **kwargs) -> dict:
+    def loss(self, feats: Tuple[Tensor], data_samples: List[DataSample],
+             teacher_labels: Optional[Tensor] = None, distill_weight: float = 0.5,
+             **kwargs) -> dict:
+        """Losses of a training batch.
+
+        Args:
+            feats (tuple[Tensor]): backbone features, the last :math:`(B, C, H, W)`.
+            data_samples (list[DataSample]): ground truth labels (or Mixup/CutMix scores).
+            teacher_labels (Tensor, optional): :math:`(B, )` class indices, the teacher's
+                argmax on the same images. Given, ``fc`` is trained on the labels with
+                weight ``1 - distill_weight`` and ``fc_dist`` on these with plain
+                cross-entropy and weight ``distill_weight`` (DeiT's hard distillation).
+                Not given, both classifiers are trained on the labels, each with weight 1.
+            distill_weight (float): DeiT's alpha, 0.5 in DeiT.
+
+        Returns:
+            dict[str, Tensor]: ``loss`` (and ``loss_dist`` with the distillation
+            classifier).
+        """
         outs = self(feats)
         if self.fc_dist is None:
+            if teacher_labels is not None:
+                raise ValueError('teacher labels need a distillation classifier: set '
+                                 'head.distillation=True')
             return self._get_loss(outs, data_samples, **kwargs)
         logits, logits_dist = outs
         losses = self._get_loss(logits, data_samples, **kwargs)
-        losses['loss_dist'] = self._get_loss(logits_dist, data_samples, **kwargs)['loss']
+        if teacher_labels is None:
+            losses['loss_dist'] = self._get_loss(logits_dist, data_samples, **kwargs)['loss']
+            return losses
+        # DeiT: no label smoothing on the hard teacher targets.
+        losses['loss'] = (1 - distill_weight) * losses['loss']
+        losses['loss_dist'] = distill_weight * F.cross_entropy(logits_dist, teacher_labels)
         return losses
 
     def predict(self, feats: Tuple[Tensor],

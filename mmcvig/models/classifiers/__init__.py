@@ -1,0 +1,3 @@
+from .hard_distillation import HardDistillationClassifier
+
+__all__ = ['HardDistillationClassifier']
