@@ -7,7 +7,6 @@ images, and their RegNetY-16GF teacher for timm's RegNetY-200MF (random weights,
 a checkpoint file); the real CViG-Ti is built once, at 224.
 """
 import copy
-import importlib.util
 import json
 import re
 import runpy
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import load_toy_classification
 from mmengine.config import Config
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import init_default_scope
@@ -44,26 +44,10 @@ ALL_CONFIGS = ([ROOT / 'configs' / name for name in IN1K_ARCHS]
 SIZE = 64
 
 
-def load_generator():
-    """tools/misc/make_toy_classification.py as a module (tools/ is not a package)."""
-    path = ROOT / 'tools' / 'misc' / 'make_toy_classification.py'
-    spec = importlib.util.spec_from_file_location('make_toy_classification', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+toy = load_toy_classification()  # the generator, as a module
 
 
-toy = load_generator()
-
-
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """One intra-op thread: on 2 cores shared with other jobs, two OpenMP threads wait
-    on each other and run these small models several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def load_config(path):
@@ -265,13 +249,8 @@ def test_toy_classes_are_not_told_by_mean_colour(tmp_path):
 
 
 # ------------------------------------------------------------------------------ toy run
-def test_toy_config_trains_and_evaluates_with_the_runner(tmp_path):
-    data_root = tmp_path / 'toy_cls'
-    toy.main(['--out', str(data_root), '--train', '2', '--val', '1', '--test', '1'])
-    cfg = load_config(TOY_CONFIG)
-    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
-        cfg[loader].dataset.data_root = str(data_root)
-        cfg[loader].batch_size = 12
+def test_toy_config_trains_and_evaluates_with_the_runner(tmp_path, on_toy_classification):
+    cfg = on_toy_classification(load_config(TOY_CONFIG))
     # Two epochs of one step: the warm-up epoch, then one of cosine decay.
     cfg.train_cfg.max_epochs = 2
     cfg.work_dir = str(tmp_path / 'work_dir')

@@ -313,13 +313,19 @@ def test_dense_and_sparse_local_update_agree(graph_conv, groups):
     torch.testing.assert_close(dense.transpose(1, 2), sparse, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize('graph_conv', sorted(GRAPH_CONVS))
-def test_degc_dense_sparse_modules_agree(graph_conv):
+def dense_and_sparse(graph_conv):
+    """Two DEGCs in eval mode with the same weights, dense and sparse paths."""
     torch.manual_seed(0)
     dense = DEGC(16, num_clusters=4, k=7, graph_conv=graph_conv, groups=2).eval()
     sparse = DEGC(16, num_clusters=4, k=7, graph_conv=graph_conv, groups=2,
                   graph_impl='sparse').eval()
     sparse.load_state_dict(dense.state_dict())
+    return dense, sparse
+
+
+@pytest.mark.parametrize('graph_conv', sorted(GRAPH_CONVS))
+def test_degc_dense_sparse_modules_agree(graph_conv):
+    dense, sparse = dense_and_sparse(graph_conv)
     x = torch.randn(2, 16, 7, 9)
     out = dense(x)
     assert out.shape == (2, 32, 7, 9)
@@ -352,11 +358,7 @@ def test_aggregation_equals_gathered_reduction(reduce, chunk, monkeypatch):
 
 @pytest.mark.parametrize('graph_conv', sorted(GRAPH_CONVS))
 def test_degc_dense_sparse_agree_on_padded_batch(graph_conv):
-    torch.manual_seed(0)
-    dense = DEGC(16, num_clusters=4, k=7, graph_conv=graph_conv, groups=2).eval()
-    sparse = DEGC(16, num_clusters=4, k=7, graph_conv=graph_conv, groups=2,
-                  graph_impl='sparse').eval()
-    sparse.load_state_dict(dense.state_dict())
+    dense, sparse = dense_and_sparse(graph_conv)
     x = torch.randn(2, 16, 7, 9)
     valid = torch.ones(2, 7, 9, dtype=torch.bool)
     valid[0, 5:] = False

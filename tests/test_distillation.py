@@ -5,7 +5,6 @@ real checkpoint file, 64x64 inputs. The timm teacher of the ImageNet configs is 
 tests/test_classification.py.
 """
 import copy
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -26,12 +25,7 @@ TEACHER = ROOT / 'configs' / 'toy' / 'resnet18-mini_toy-cls.py'
 NUM_CLASSES = 6
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 @pytest.fixture(scope='module')
@@ -161,19 +155,11 @@ def test_teacher_is_frozen_outside_the_optimizer_and_unchanged_by_a_step(teacher
     assert copy.deepcopy(model).teacher is teacher
 
 
-def test_checkpoint_of_a_runner_holds_the_student_only(teacher_ckpt, tmp_path):
+def test_checkpoint_of_a_runner_holds_the_student_only(teacher_ckpt, tmp_path,
+                                                       on_toy_classification):
     """A real Runner run (toy data, two steps): the teacher is loaded, the saved state dict
     is the student's, and tools/test.py's path (load, predict) needs no teacher file."""
-    spec = importlib.util.spec_from_file_location(
-        'make_toy_classification', ROOT / 'tools' / 'misc' / 'make_toy_classification.py')
-    toy = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(toy)
-    data_root = tmp_path / 'toy_cls'
-    toy.main(['--out', str(data_root), '--train', '2', '--val', '1', '--test', '1'])
-    cfg = student_cfg(teacher_ckpt)
-    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
-        cfg[loader].dataset.data_root = str(data_root)
-        cfg[loader].batch_size = 12
+    cfg = on_toy_classification(student_cfg(teacher_ckpt))
     # Two epochs of one step: the warm-up epoch, then one of cosine decay.
     cfg.train_cfg.update(max_epochs=2, val_interval=2)
     cfg.work_dir = str(tmp_path / 'train')

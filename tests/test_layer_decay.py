@@ -25,12 +25,7 @@ LAYER_DECAY = {'optim_wrapper.constructor': 'LayerDecayOptimWrapperConstructor',
                'optim_wrapper.paramwise_cfg.layer_decay_rate': RATE}
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def toy_cfg():
