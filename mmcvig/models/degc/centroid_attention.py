@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
-from .kmeans import Partition, one_hot_clusters
+from .kmeans import Partition, cluster_sums
 
 
 def cluster_means(x: Tensor, part: Partition) -> Tensor:
@@ -17,11 +17,21 @@ def cluster_means(x: Tensor, part: Partition) -> Tensor:
 
     Returns:
         Tensor: :math:`(B, \\kappa, C)`; zeros for empty clusters. Padding tokens count
-        in none.
+        in none, and an image's sums do not depend on them (see :func:`cluster_sums`).
     """
-    one_hot = one_hot_clusters(part.labels, part.counts.shape[1], x.dtype)
-    sums = one_hot.transpose(1, 2) @ x
+    sums = cluster_sums(x, part.labels, part.counts.shape[1])
     return sums / part.counts.clamp(min=1).unsqueeze(-1).to(x.dtype)
+
+
+def _per_row_linear(linear: nn.Linear, z: Tensor) -> Tensor:
+    """``linear(z)`` for :math:`(B, \\kappa, C)` centroids, each row reduced on its own.
+
+    A GEMM's rounding depends on how many rows it multiplies at once, so ``linear(z)``
+    of an image's centroids would change in the last bits with the size of its batch,
+    and the next k-means turns such bits into other labels at near-ties. With
+    :math:`\\kappa \\le 6` rows per image the elementwise form costs nothing.
+    """
+    return (z.unsqueeze(-2) * linear.weight).sum(-1) + linear.bias
 
 
 class GlobalUpdate(BaseModule):
@@ -73,7 +83,7 @@ class GlobalUpdate(BaseModule):
         Returns:
             Tensor: :math:`(B, \\kappa, C')` updated centroids :math:`z'`.
         """
-        source, target = self.lin_l(z), self.lin_r(z)
+        source, target = _per_row_linear(self.lin_l, z), _per_row_linear(self.lin_r, z)
         pair = F.leaky_relu(target.unsqueeze(2) + source.unsqueeze(1), self.negative_slope)
-        score = (pair @ self.att).masked_fill(~present.unsqueeze(1), float('-inf'))
+        score = (pair * self.att).sum(-1).masked_fill(~present.unsqueeze(1), float('-inf'))
         return score.softmax(dim=-1) @ source + self.bias

@@ -69,12 +69,29 @@ def _assign(x: Tensor, centroids: Tensor, valid: Optional[Tensor]) -> Tensor:
     return labels
 
 
+def cluster_sums(x: Tensor, labels: Tensor, num_clusters: int) -> Tensor:
+    """:math:`(B, \\kappa, C)` sum of every cluster's tokens (differentiable in ``x``).
+
+    Accumulated token by token in input order (``index_add``), not as a matmul with the
+    membership matrix: a matmul's summation order depends on the token count, so an
+    image's sums would change in the last bits with the batch padding around it, and
+    k-means turns such bits into other labels at near-ties. Padding tokens (label
+    ``kappa``) add into a row that is dropped.
+    """
+    batch, num_tokens, channels = x.shape
+    rows = labels + torch.arange(batch, device=x.device).unsqueeze(1) * (num_clusters + 1)
+    sums = x.new_zeros(batch * (num_clusters + 1), channels)
+    sums = sums.index_add(0, rows.flatten(), x.reshape(batch * num_tokens, channels))
+    return sums.view(batch, num_clusters + 1, channels)[:, :num_clusters]
+
+
 def _update_centroids(x: Tensor, labels: Tensor, centroids: Tensor) -> Tensor:
     """Mean of every cluster's tokens; an empty cluster keeps its previous centroid
     rather than collapsing to zero."""
-    one_hot = one_hot_clusters(labels, centroids.shape[1], x.dtype)
-    sizes = one_hot.sum(1).unsqueeze(-1)
-    return torch.where(sizes > 0, (one_hot.transpose(1, 2) @ x) / sizes.clamp(min=1), centroids)
+    num_clusters = centroids.shape[1]
+    sizes = one_hot_clusters(labels, num_clusters, x.dtype).sum(1).unsqueeze(-1)
+    sums = cluster_sums(x, labels, num_clusters)
+    return torch.where(sizes > 0, sums / sizes.clamp(min=1), centroids)
 
 
 @torch.no_grad()
