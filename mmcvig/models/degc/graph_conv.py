@@ -105,9 +105,14 @@ class _NeighborMax(torch.autograd.Function):
         rows = _token_rows(x)
         out = _chunked_max(rows, bags)
         grad_rows = torch.zeros_like(rows)
+        slots = bags.shape[1]
+        # Slot j scores slots - j where it holds the max: the largest score is the first
+        # winner. (argmax over a middle dimension is 60x slower on the CPU than amax.)
+        small = torch.uint8 if slots < 256 else torch.int32
+        rank = torch.arange(slots, 0, -1, dtype=small, device=x.device).view(1, -1, 1)
         for chunk in _chunks(bags, rows.shape[1]):
             won = _gather(rows, bags[chunk]) == out[chunk].unsqueeze(1)  # (M', K, C)
-            slot = won.to(torch.uint8).argmax(dim=1)  # first winner
+            slot = slots - (won.to(small) * rank).amax(dim=1).long()
             grad_rows.scatter_add_(0, bags[chunk].gather(1, slot), grad[chunk])
         batch, channels, num_tokens = x.shape
         return grad_rows.view(batch, num_tokens, channels).transpose(1, 2), None
