@@ -78,6 +78,9 @@ def cluster_sums(x: Tensor, labels: Tensor, num_clusters: int) -> Tensor:
     k-means turns such bits into other labels at near-ties. Padding tokens (label
     ``kappa``) add into a row that is dropped.
     """
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        # ONNX's scatter does not accumulate repeated indices; exports never pad.
+        return one_hot_clusters(labels, num_clusters, x.dtype).transpose(1, 2) @ x
     batch, num_tokens, channels = x.shape
     rows = labels + torch.arange(batch, device=x.device).unsqueeze(1) * (num_clusters + 1)
     sums = x.new_zeros(batch * (num_clusters + 1), channels)
