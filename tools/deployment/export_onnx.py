@@ -2,7 +2,7 @@
 
 The exported graph is the dense DEGC path with a fixed number of k-means iterations
 (``kmeans_tol=None``): ONNX graphs have static control flow. While exporting, DEGC takes
-its static-shape path by itself (``knn_graph.static_shapes``): the masked k-NN (no
+its static-shape path by itself (``mmcvig.models.degc.execution``): the masked k-NN (no
 per-cluster blocks, no host read) and neighbour aggregation by gather + reduce, as ONNX
 has no ``embedding_bag``; every operator then has a standard ONNX translation. Token-grid
 sizes are baked in at export (the positional embedding's size), so the height and width

@@ -14,7 +14,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...registry import register_model
 from ..degc import DEGC
-from ..degc.knn_graph import static_shapes
+from ..degc.execution import exporting, resolve_sync_free
 from ..necks import SimplePyramid
 from .padding import extent_mask, image_extent, place_pos_embed
 
@@ -31,7 +31,7 @@ def _check_input(x: Tensor, sync_free: bool):
     """
     if x.dim() != 4 or x.shape[1] != 3:
         raise ValueError(f'ClusterViG expects images (B, 3, H, W), got shape {tuple(x.shape)}')
-    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+    if exporting():
         return
     if sync_free:
         torch._assert_async(torch.isfinite(x).all(), _NOT_FINITE)
@@ -305,7 +305,7 @@ class ClusterViG(BaseModule):
             index, ``s`` the arch's stride; with ``pyramid``, its levels. With
             ``return_intermediates``, ``(outputs, list of intermediates)``.
         """
-        sync_free = self._sync_free(x)
+        sync_free = resolve_sync_free(self.sync_free, x)
         _check_input(x, sync_free)
         extent = self._padding_extent(x, sync_free)
         x = self.stem(x, extent)
@@ -331,10 +331,6 @@ class ClusterViG(BaseModule):
             outs = self.pyramid(outs, mask)
         outs = tuple(outs)
         return (outs, intermediates) if return_intermediates else outs
-
-    def _sync_free(self, x: Tensor) -> bool:
-        auto = x.is_cuda if self.sync_free is None else self.sync_free
-        return auto or static_shapes()
 
     def _padding_extent(self, x: Tensor, sync_free: bool) -> Optional[Tensor]:
         """:math:`(B, 2)` image extents with ``pad_aware``; None when nothing to mask

@@ -7,9 +7,10 @@ from torch import Tensor
 from torch.profiler import record_function
 
 from .centroid_attention import GlobalUpdate, cluster_means
+from .execution import resolve_sync_free
 from .graph_conv import build_local_update
 from .kmeans import KMEANS_INITS, Partition, partition
-from .knn_graph import ArrangedTokens, Graph, build_graph, build_graph_sparse, static_shapes
+from .knn_graph import ArrangedTokens, Graph, build_graph, build_graph_sparse
 
 GRAPH_IMPLS = ('dense', 'sparse')
 
@@ -126,7 +127,7 @@ class DEGC(BaseModule):
         """
         batch, channels, height, width = x.shape
         tokens = x.flatten(2).transpose(1, 2)  # (B, N, C)
-        sync_free = self._sync_free(x)
+        sync_free = resolve_sync_free(self.sync_free, x)
         with record_function('degc.partition'):
             part = partition(tokens, self.clusters_for(tokens.shape[1]), valid=valid,
                              sync_free=sync_free, **self.kmeans_cfg)
@@ -146,11 +147,6 @@ class DEGC(BaseModule):
         if return_intermediates:
             return out, DEGCIntermediates(part, graph, z)
         return out
-
-    def _sync_free(self, x: Tensor) -> bool:
-        # Compilation and export need static control flow whatever the setting.
-        auto = x.is_cuda if self.sync_free is None else self.sync_free
-        return auto or static_shapes()
 
     def _global_update(self, tokens: Tensor, part: Partition):
         """Centroids :math:`z'` and each token's centroid :math:`(B, N, C)` (zeros for

@@ -20,7 +20,8 @@ from torch import Tensor, nn
 from torch_geometric.nn import MessagePassing
 from torch_scatter import scatter
 
-from .knn_graph import Graph, static_shapes
+from .execution import static_shapes
+from .knn_graph import Graph
 
 
 def interleave(*parts: Tensor) -> Tensor:

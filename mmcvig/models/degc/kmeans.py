@@ -4,6 +4,8 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
+from .execution import exporting
+
 KMEANS_INITS = ('grid', 'random')
 
 
@@ -78,7 +80,7 @@ def cluster_sums(x: Tensor, labels: Tensor, num_clusters: int) -> Tensor:
     k-means turns such bits into other labels at near-ties. Padding tokens (label
     ``kappa``) add into a row that is dropped.
     """
-    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+    if exporting():
         # ONNX's scatter does not accumulate repeated indices; exports never pad.
         return one_hot_clusters(labels, num_clusters, x.dtype).transpose(1, 2) @ x
     batch, num_tokens, channels = x.shape

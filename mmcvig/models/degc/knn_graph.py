@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.utils import to_dense_batch
 
+from .execution import static_shapes
 from .kmeans import Partition
 
 # Score given to a token's similarity with itself: above any cosine similarity (<= 1),
@@ -165,12 +166,6 @@ def _knn_block(keys: Tensor, start: int, k: int, nbr: Tensor, valid: Tensor):
         sim.diagonal(rows.start).fill_(_SELF_SCORE)
         nbr[start + rows.start:start + rows.stop, :slots] = sim.topk(slots, dim=1)[1] + start
         valid[start + rows.start:start + rows.stop, :slots] = True
-
-
-def static_shapes() -> bool:
-    """True while tracing, exporting or compiling: shapes must not depend on values."""
-    return (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-            or torch.compiler.is_compiling())
 
 
 KNN_METHODS = ('auto', 'masked', 'segments')
