@@ -45,8 +45,9 @@ class _DispatchWatcher(TorchDispatchMode):
         packet = func.overloadpacket
         if packet in _SYNC_OPS:
             self.counts[packet.__name__] += 1
-        elif packet is aten.repeat_interleave and isinstance(args[0], torch.Tensor) and \
-                (kwargs or {}).get('output_size') is None:
+        elif func is aten.repeat_interleave.Tensor and (kwargs or {}).get('output_size') is None:
+            # The one overload left at dispatch (integer repeats decompose before it):
+            # without output_size its result size is read from the repeats.
             self.counts['repeat_interleave'] += 1
         elif packet in (aten.index, aten.index_put, aten.index_put_) and \
                 _is_bool_index(args[1]):
