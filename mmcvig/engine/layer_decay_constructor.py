@@ -1,17 +1,18 @@
 """Layer-wise learning-rate decay for detectors with an isotropic backbone (ViTDet)."""
 from typing import List, Optional, Union
 
-from mmdet.registry import OPTIM_WRAPPER_CONSTRUCTORS as MMDET_CONSTRUCTORS
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
-from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS as MMENGINE_CONSTRUCTORS
-from mmpretrain.registry import OPTIM_WRAPPER_CONSTRUCTORS as MMPRETRAIN_CONSTRUCTORS
+from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
 from torch import nn
 
 BACKBONE = 'backbone.'
 
 
+# In mmengine's root registry, as the other engine classes: mmdet's and mmpretrain's
+# registries fall back to it from any default_scope.
+@OPTIM_WRAPPER_CONSTRUCTORS.register_module()
 class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     """mmengine's default constructor (``custom_keys``, ``norm_decay_mult``,
     ``bias_decay_mult``, ... all apply) plus layer-wise lr decay of the backbone.
@@ -93,10 +94,3 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         for scale in sorted(scales):
             print_log(f'layer-wise lr decay: x{scale:.4g} for {len(scales[scale])} '
                       f'parameters (e.g. {scales[scale][0]})', logger='current')
-
-
-# One class in every registry an mmcvig config builds optimizers from: mmengine's root
-# (which child scopes fall back to) and those of mmdet and mmpretrain, as
-# mmcvig.registry does for models.
-for _registry in (MMENGINE_CONSTRUCTORS, MMDET_CONSTRUCTORS, MMPRETRAIN_CONSTRUCTORS):
-    _registry.register_module(module=LayerDecayOptimWrapperConstructor)
