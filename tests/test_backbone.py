@@ -48,8 +48,9 @@ def test_full_macs_exceed_conv_macs():
     model = classifier('tiny', distillation=False)
     x = (torch.zeros(1, 3, 224, 224), )
     conv, full = count_conv_macs(model, x), count_full_macs(model, x)
-    # The G-GCN MLP alone adds 6 C^2 N per block (~0.52 GMACs for tiny).
-    assert full - conv > 0.5e9
+    # The G-GCN MLP alone adds 4 C^2 N per block (its token parts, C -> 2C twice; the
+    # centroid part is per cluster): ~0.35 GMACs for tiny.
+    assert full - conv > 0.35e9
 
 
 def test_k_schedule_and_arch_table():

@@ -5,9 +5,10 @@ import torch.nn.functional as F
 from mmpretrain.models.backbones.vig import DenseDilatedKnnGraph
 from torch_geometric.nn import GATv2Conv
 
-from mmcvig.models.degc import (DEGC, GRAPH_CONVS, GlobalUpdate, Partition, aggregate_neighbors,
-                                build_graph, build_graph_sparse, build_local_update, cluster_means,
-                                gather_neighbors, graph_conv, knn_graph, partition)
+from mmcvig.models.degc import (DEGC, GRAPH_CONVS, GlobalUpdate, Partition, TokenCentroids,
+                                aggregate_neighbors, build_graph, build_graph_sparse,
+                                build_local_update, cluster_means, gather_neighbors, graph_conv,
+                                knn_graph, partition)
 
 METHODS = ('masked', 'segments')
 
@@ -294,7 +295,7 @@ def test_dense_and_sparse_local_update_agree(graph_conv, groups):
     gen = torch.Generator().manual_seed(7)
     b, n, c, k = 3, 45, 16, 6
     x = torch.randn(b, n, c, generator=gen)
-    z = torch.randn(b, n, c, generator=gen)
+    z = torch.randn(b, 4, c, generator=gen)
     labels = torch.randint(0, 4, (b, n), generator=gen)
     labels[0, :40] = 0  # uneven
     labels[1] = torch.where(labels[1] == 3, 1, labels[1])  # cluster 3 empty
@@ -304,11 +305,13 @@ def test_dense_and_sparse_local_update_agree(graph_conv, groups):
     module = build_local_update(graph_conv, c, groups=groups).eval()
     for param in module.parameters():  # move eps/delta and BN affine off their defaults
         torch.nn.init.normal_(param, std=0.5) if param.dim() <= 1 else None
-    dense = module(x.transpose(1, 2), build_graph(x, part, k), z.transpose(1, 2))
+    centroids = TokenCentroids(z, labels)
+    dense = module(x.transpose(1, 2), build_graph(x, part, k), centroids)
 
     arranged, edge_index = build_graph_sparse(x, part, k)
     flat = arranged.order
-    sparse = module.forward_sparse(x.reshape(-1, c)[flat], edge_index, z.reshape(-1, c)[flat])
+    z_token = centroids.per_token().reshape(-1, c)[flat]
+    sparse = module.forward_sparse(x.reshape(-1, c)[flat], edge_index, z_token)
     sparse = torch.empty_like(sparse).index_copy_(0, flat, sparse).view(b, n, -1)
     torch.testing.assert_close(dense.transpose(1, 2), sparse, rtol=1e-4, atol=1e-5)
 

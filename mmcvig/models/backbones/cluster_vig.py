@@ -189,6 +189,11 @@ class ClusterViG(BaseModule):
             returns the isotropic maps and holds no adapter weights.
         norm_eval (bool): keep BN layers in eval mode while training.
         with_cp (bool): gradient checkpointing of every block (saves memory).
+        channels_last (bool): run the network on channels-last maps (the default): the
+            1x1 and depthwise convolutions then run on oneDNN's NHWC layout without
+            reordering every input and output, and DEGC's tokens :math:`(B, N, C)` are a
+            view of the map. The outputs are returned in the default (NCHW) layout that
+            necks, heads and mmcv's RoI ops expect. Same weights, same math.
         norm_cfg (dict), act_cfg (dict): normalisation and activation everywhere.
         init_cfg (dict | list[dict], optional): e.g. ``dict(type='Pretrained',
             checkpoint=..., prefix='backbone.')``.
@@ -211,7 +216,8 @@ class ClusterViG(BaseModule):
                  kmeans_tol: float = 0.0, sync_free: Optional[bool] = None,
                  pad_aware: bool = False, pyramid: dict = None,
                  frozen_stages: int = -1, norm_eval: bool = False, with_cp: bool = False,
-                 norm_cfg=dict(type='BN'), act_cfg=dict(type='GELU'), init_cfg=None):
+                 channels_last: bool = True, norm_cfg=dict(type='BN'),
+                 act_cfg=dict(type='GELU'), init_cfg=None):
         super().__init__(init_cfg)
         self.arch = self._parse_arch(arch)
         if num_clusters is not None:
@@ -225,6 +231,7 @@ class ClusterViG(BaseModule):
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.with_cp = with_cp
+        self.channels_last = channels_last
         self.sync_free = sync_free
         self.pad_aware = pad_aware
 
@@ -308,6 +315,8 @@ class ClusterViG(BaseModule):
         sync_free = resolve_sync_free(self.sync_free, x)
         _check_input(x, sync_free)
         extent = self._padding_extent(x, sync_free)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         x = self.stem(x, extent)
         mask = None if extent is None else extent_mask(extent, self.arch['stride'],
                                                        *x.shape[-2:])
@@ -329,7 +338,7 @@ class ClusterViG(BaseModule):
                 outs.append(x)
         if self.pyramid is not None:
             outs = self.pyramid(outs, mask)
-        outs = tuple(outs)
+        outs = tuple(out.contiguous() for out in outs)
         return (outs, intermediates) if return_intermediates else outs
 
     def _padding_extent(self, x: Tensor, sync_free: bool) -> Optional[Tensor]:

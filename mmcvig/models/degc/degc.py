@@ -8,7 +8,7 @@ from torch.profiler import record_function
 
 from .centroid_attention import GlobalUpdate, cluster_means
 from .execution import resolve_sync_free
-from .graph_conv import build_local_update
+from .graph_conv import TokenCentroids, build_local_update
 from .kmeans import KMEANS_INITS, Partition, partition
 from .knn_graph import ArrangedTokens, Graph, build_graph, build_graph_sparse
 
@@ -33,6 +33,19 @@ class DEGCIntermediates(NamedTuple):
     partition: Partition
     graph: Union[Graph, SparseGraph]
     centroids: Tensor
+
+
+def _as_feature_map(out: Tensor, x: Tensor) -> Tensor:
+    """:math:`(B, C', N)` -> :math:`(B, C', H, W)` of ``x``'s size, in ``x``'s layout.
+
+    For a channels-last ``x`` the map is rebuilt from :math:`(B, N, C')`: a ``view`` of
+    the token-major output would get an arbitrary stride on a batch dimension of size 1,
+    which convolutions then no longer read as channels-last.
+    """
+    batch, _, height, width = x.shape
+    if x.is_contiguous(memory_format=torch.channels_last):
+        return out.transpose(1, 2).reshape(batch, height, width, -1).permute(0, 3, 1, 2)
+    return out.view(batch, -1, height, width)
 
 
 def _check_positive(name: str, value: int):
@@ -125,7 +138,6 @@ class DEGC(BaseModule):
             Tensor: :math:`(B, 2C, H, W)`; with ``return_intermediates`` a tuple
             ``(output, DEGCIntermediates)``.
         """
-        batch, channels, height, width = x.shape
         tokens = x.flatten(2).transpose(1, 2)  # (B, N, C)
         sync_free = resolve_sync_free(self.sync_free, x)
         with record_function('degc.partition'):
@@ -134,29 +146,25 @@ class DEGC(BaseModule):
         if self.graph_impl == 'dense':
             with record_function('degc.build_graph'):
                 graph = build_graph(tokens, part, self.k, 'masked' if sync_free else 'auto')
-            z, z_token = self._global_update(tokens, part)
+            centroids = self._global_update(tokens, part)
             with record_function('degc.local_update'):
-                out = self.local_update(x.flatten(2), graph, z_token.transpose(1, 2))
+                out = self.local_update(x.flatten(2), graph, centroids)
         else:
             with record_function('degc.build_graph'):
                 graph = SparseGraph(*build_graph_sparse(tokens, part, self.k))
-            z, z_token = self._global_update(tokens, part)
+            centroids = self._global_update(tokens, part)
             with record_function('degc.local_update'):
-                out = self._sparse_local_update(tokens, graph, z_token)
-        out = out.view(batch, -1, height, width)
+                out = self._sparse_local_update(tokens, graph, centroids.per_token())
+        out = _as_feature_map(out, x)
         if return_intermediates:
-            return out, DEGCIntermediates(part, graph, z)
+            return out, DEGCIntermediates(part, graph, centroids.values)
         return out
 
-    def _global_update(self, tokens: Tensor, part: Partition):
-        """Centroids :math:`z'` and each token's centroid :math:`(B, N, C)` (zeros for
-        padding tokens)."""
+    def _global_update(self, tokens: Tensor, part: Partition) -> TokenCentroids:
+        """Updated centroids :math:`z'`, with the labels that give every token its own."""
         with record_function('degc.global_update'):
             z = self.global_update(cluster_means(tokens, part), part.counts > 0)
-            # Padding tokens (label kappa) pick the appended zero row.
-            z_pad = torch.cat([z, z.new_zeros(z.shape[0], 1, z.shape[2])], dim=1)
-            z_token = z_pad.gather(1, part.labels.unsqueeze(-1).expand(-1, -1, z.shape[-1]))
-        return z, z_token
+        return TokenCentroids(z, part.labels)
 
     def clusters_for(self, num_tokens: int) -> int:
         """:math:`\\kappa` used for ``num_tokens`` tokens."""

@@ -3,8 +3,9 @@ Table II).
 
 Every variant holds its weights once and offers two evaluations of the same math:
 
-* ``forward(x, graph, z)``: dense, over a :class:`~.graph.Graph` with ``K`` neighbour
-  slots per token, channels first as the backbone's convolutions want them;
+* ``forward(x, graph, centroids)``: dense, over a :class:`~.knn_graph.Graph` with ``K``
+  neighbour slots per token, channels first as the backbone's convolutions want them
+  (token-major strides, as a channels-last map flattens, cost no copy);
 * ``forward_sparse(x, edge_index, z)``: the paper's, PyG message passing over the
   arranged tokens of :func:`~.graph.build_graph_sparse`.
 
@@ -12,6 +13,8 @@ Notation: :math:`x_v` a token, :math:`\\mathcal{N}(v)` its neighbours (itself in
 :math:`z'_i` the updated centroid of its partition, MLP a 1x1 convolution to
 :math:`2C` with ``groups`` followed by BN and GELU, and ``|`` channel concatenation.
 """
+from typing import NamedTuple, Sequence, Tuple
+
 import torch
 import torch.nn.functional as F
 from mmcv.cnn import ConvModule
@@ -33,6 +36,29 @@ def interleave(*parts: Tensor) -> Tensor:
     """
     stacked = torch.stack(parts, dim=2)
     return stacked.flatten(1, 2)
+
+
+class TokenCentroids(NamedTuple):
+    """The updated centroid :math:`z'_i` of every token's partition, held per cluster.
+
+    Attributes:
+        values (Tensor): :math:`(B, \\kappa, C)` updated centroids.
+        labels (LongTensor): :math:`(B, N)` cluster of every token; ``kappa`` (batch
+            padding) stands for a zero centroid.
+    """
+    values: Tensor
+    labels: Tensor
+
+    def padded(self) -> Tensor:
+        """:math:`(B, \\kappa + 1, C)`: the centroids and a zero row for padding."""
+        return F.pad(self.values, (0, 0, 0, 1))
+
+    def per_token(self, rows: Tensor = None) -> Tensor:
+        """:math:`(B, N, C')` row ``labels[b, n]`` of ``rows`` (default: :meth:`padded`)
+        for every token."""
+        rows = self.padded() if rows is None else rows
+        index = self.labels.unsqueeze(-1).expand(-1, -1, rows.shape[-1])
+        return rows.gather(1, index)
 
 
 def gather_neighbors(x: Tensor, graph: Graph) -> Tensor:
@@ -156,6 +182,59 @@ def aggregate_neighbors(x: Tensor, graph: Graph, reduce: str) -> Tensor:
     return out.view(batch, num_tokens, channels).transpose(1, 2)
 
 
+def _as_map(x: Tensor) -> Tensor:
+    """:math:`(B, C, N)` -> :math:`(B, C, 1, N)` for a 1x1 convolution or BN: a row of
+    tokens. Token-major strides (a flattened channels-last map) then read as channels-last,
+    which ``(B, C, N, 1)`` would not."""
+    return x.unsqueeze(2)
+
+
+def _from_map(x: Tensor) -> Tensor:
+    """Inverse of :func:`_as_map`."""
+    return x.squeeze(2)
+
+
+def _split_interleaved(conv: nn.Conv2d, num_parts: int) -> Tuple[Tensor, ...]:
+    """The weights a 1x1 ``conv`` over ``interleave(p_0, ..., p_{n-1})`` applies to each
+    ``p_i``: input channel ``n j + i`` of every group holds channel ``j`` of ``p_i``'s
+    slice of that group, so ``conv`` of the interleaved input is the sum over ``i`` of
+    ``p_i`` convolved (with the same groups) by ``weight[:, i::n]``."""
+    return tuple(conv.weight[:, i::num_parts] for i in range(num_parts))
+
+
+def interleaved_mlp(mlp: ConvModule, parts: Sequence[Tuple[Tensor, Tensor]],
+                    centroids: TokenCentroids, centroid_weight: Tensor) -> Tensor:
+    """``mlp(interleave(..., z'))`` evaluated part by part, without the :math:`3C`
+    interleaved input.
+
+    Each token part is convolved on its own and the results are summed; the centroid
+    part, the same for every token of a cluster, is convolved once per cluster and then
+    picked per token. That is a third fewer multiply-adds than the interleaved
+    convolution, no interleaved copy, and nothing of :math:`3C` kept for the backward.
+
+    Args:
+        mlp (ConvModule): 1x1 conv (with groups) + norm + activation over the
+            interleaved parts.
+        parts (Sequence[tuple[Tensor, Tensor]]): ``(features, weight)`` of every token
+            part: features :math:`(B, C, N)`, weight a slice of ``mlp.conv.weight``.
+        centroids (TokenCentroids): :math:`z'`, the last interleaved part.
+        centroid_weight (Tensor): its slice of ``mlp.conv.weight``.
+
+    Returns:
+        Tensor: :math:`(B, C_{out}, N)`.
+    """
+    conv = mlp.conv
+    per_cluster = F.conv2d(_as_map(centroids.padded().transpose(1, 2)), centroid_weight,
+                           conv.bias, groups=conv.groups)  # (B, C_out, 1, kappa + 1)
+    h = _as_map(centroids.per_token(_from_map(per_cluster).transpose(1, 2)).transpose(1, 2))
+    for features, weight in parts:
+        # A conv's output is not needed for its backward: summing into it in place is safe.
+        h = F.conv2d(_as_map(features), weight, groups=conv.groups).add_(h)
+    if mlp.with_norm:
+        h = mlp.norm(h)
+    return _from_map(mlp.activate(h) if mlp.with_activation else h)
+
+
 def _as_nodes(module: nn.Module, h: Tensor) -> Tensor:
     """Apply a 1x1-conv module to sparse node features ``(M, C_in)`` -> ``(M, C_out)``."""
     return module(h.t().unsqueeze(0).unsqueeze(-1)).squeeze(-1).squeeze(0).t()
@@ -209,11 +288,13 @@ class GMRGCN(GGCN):
         self.mlp = self._mlp(3 * in_channels)
         self.aggregate = _NeighborAggregation('max', relative=True)
 
-    def forward(self, x: Tensor, graph: Graph, z: Tensor) -> Tensor:
-        """x, z: :math:`(B, C, N)`; returns :math:`(B, 2C, N)`."""
-        # max_u (x_u - x_v) == max_u x_u - x_v, without the (B, N, K, C) difference.
-        relative = aggregate_neighbors(x, graph, 'max') - x
-        return self.mlp(interleave(x, relative, z).unsqueeze(-1)).squeeze(-1)
+    def forward(self, x: Tensor, graph: Graph, centroids: TokenCentroids) -> Tensor:
+        """x: :math:`(B, C, N)`; returns :math:`(B, 2C, N)`."""
+        # max_u (x_u - x_v) = max_u x_u - x_v, so W_x x_v + W_r max_u (x_u - x_v) is
+        # (W_x - W_r) x_v + W_r max_u x_u: no (B, N, K, C) difference, no subtraction.
+        w_x, w_r, w_z = _split_interleaved(self.mlp.conv, 3)
+        neighbor_max = aggregate_neighbors(x, graph, 'max')
+        return interleaved_mlp(self.mlp, [(x, w_x - w_r), (neighbor_max, w_r)], centroids, w_z)
 
     def forward_sparse(self, x: Tensor, edge_index: Tensor, z: Tensor) -> Tensor:
         """x, z: :math:`(M, C)`; edge_index :math:`(2, E)`; returns :math:`(M, 2C)`."""
@@ -233,10 +314,11 @@ class GEdgeConv(GGCN):
         super().__init__(in_channels, **kwargs)
         self.mlp = self._mlp(3 * in_channels)
 
-    def forward(self, x: Tensor, graph: Graph, z: Tensor) -> Tensor:
+    def forward(self, x: Tensor, graph: Graph, centroids: TokenCentroids) -> Tensor:
         x_u = gather_neighbors(x, graph).permute(0, 3, 1, 2)  # (B, C, N, K)
         x_v = x.unsqueeze(-1)
-        edges = interleave(x_v.expand_as(x_u), x_u - x_v, z.unsqueeze(-1).expand_as(x_u))
+        z = centroids.per_token().transpose(1, 2).unsqueeze(-1)
+        edges = interleave(x_v.expand_as(x_u), x_u - x_v, z.expand_as(x_u))
         return self.mlp(edges).amax(dim=-1)
 
     def forward_sparse(self, x: Tensor, edge_index: Tensor, z: Tensor) -> Tensor:
@@ -256,11 +338,12 @@ class GGraphSAGE(GGCN):
         self.mlp_psi = self._mlp(3 * in_channels)
         self.aggregate = _NeighborAggregation('max')
 
-    def forward(self, x: Tensor, graph: Graph, z: Tensor) -> Tensor:
+    def forward(self, x: Tensor, graph: Graph, centroids: TokenCentroids) -> Tensor:
         # MLP_phi depends on x_u alone: apply it per token, then gather.
-        phi = self.mlp_phi(x.unsqueeze(-1)).squeeze(-1)
+        phi = _from_map(self.mlp_phi(_as_map(x)))
         pooled = aggregate_neighbors(phi, graph, 'max')
-        return self.mlp_psi(interleave(x, pooled, z).unsqueeze(-1)).squeeze(-1)
+        w_x, w_p, w_z = _split_interleaved(self.mlp_psi.conv, 3)
+        return interleaved_mlp(self.mlp_psi, [(x, w_x), (pooled, w_p)], centroids, w_z)
 
     def forward_sparse(self, x: Tensor, edge_index: Tensor, z: Tensor) -> Tensor:
         pooled = self.aggregate(_as_nodes(self.mlp_phi, x), edge_index)
@@ -281,9 +364,10 @@ class GGIN(GGCN):
     def _combine(self, x: Tensor, neighbor_sum: Tensor, z: Tensor) -> Tensor:
         return (1 + self.eps) * x + neighbor_sum + (1 + self.delta) * z
 
-    def forward(self, x: Tensor, graph: Graph, z: Tensor) -> Tensor:
+    def forward(self, x: Tensor, graph: Graph, centroids: TokenCentroids) -> Tensor:
+        z = centroids.per_token().transpose(1, 2)
         h = self._combine(x, aggregate_neighbors(x, graph, 'sum'), z)
-        return self.mlp(h.unsqueeze(-1)).squeeze(-1)
+        return _from_map(self.mlp(_as_map(h)))
 
     def forward_sparse(self, x: Tensor, edge_index: Tensor, z: Tensor) -> Tensor:
         return _as_nodes(self.mlp, self._combine(x, self.aggregate(x, edge_index), z))
