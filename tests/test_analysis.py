@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mmcvig import analysis
-from mmcvig.analysis import DEGC_STEPS, OTHER, Runner
+from mmcvig.analysis import DEGC_STEPS, OTHER, Runner, profiling
 from mmcvig.models import ClusterViG
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +53,8 @@ def test_profile_reads_the_degc_ranges_and_intermediates(runner):
     assert all(row['steps_ms'][s] > 0 for s in DEGC_STEPS)
     assert row['steps_ms'][OTHER] > 0
     assert sum(row['share'].values()) == pytest.approx(1.0)
+    assert sum(row['isolated_share'].values()) == pytest.approx(1.0)
+    assert all(row['isolated_ms'][s] > 0 for s in DEGC_STEPS)
     assert row['total_ms'] > 0 and row['profiled_ms'] > 0
     assert set(row['operators']) >= set(DEGC_STEPS)
     assert all(0 < len(ops) <= 3 for ops in row['operators'].values())
@@ -64,6 +66,28 @@ def test_profile_reads_the_degc_ranges_and_intermediates(runner):
     assert row['kmeans_iterations'] == expected
     assert len(expected) == 2 and all(1 <= i <= 20 for i in expected)
     assert row['kmeans_iterations_mean'] == pytest.approx(np.mean(expected))
+
+
+def test_isolated_steps_rerun_what_the_forward_ran(runner):
+    """The steps timed one by one get each block's own input and the results of the
+    steps before it: they compute what the forward computed."""
+    model = ClusterViG(MINI, img_size=64).eval()
+    x = runner.inputs(2, 64, 96)
+    states = profiling._block_states(runner, profiling._degc_calls(runner, model, x))
+    with torch.no_grad():
+        out, intermediates = model(x, return_intermediates=True)
+    assert len(states) == len(intermediates) == 2
+    for state, record in zip(states, intermediates):
+        assert torch.equal(state.part.labels, record.partition.labels)
+        assert torch.equal(state.graph.neighbors, record.graph.neighbors)
+        torch.testing.assert_close(state.centroids.values, record.centroids)
+    with torch.no_grad():
+        last = states[-1]
+        block_out = last.degc.step_local_update(last.x, last.graph, last.centroids)
+        torch.testing.assert_close(block_out, last.degc(last.x))
+    times = analysis.isolated_step_times(runner, model, x, repeats=2)
+    assert set(times) == {*DEGC_STEPS, OTHER}
+    assert all(times[s] > 0 for s in DEGC_STEPS)
 
 
 def test_measure_profile_skips_models_without_degc(runner):

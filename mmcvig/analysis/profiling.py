@@ -13,18 +13,28 @@ Two public sources, nothing patched:
 * ``forward(x, return_intermediates=True)``: the partition of every block, hence its
   k-means iteration count (``Partition.iters``), token count and :math:`\\kappa`.
 
-The profiler adds a little time per operator, so the shares are of the profiled
-forward; ``total_ms`` is the median of unprofiled forwards of the same input.
+The profiler adds time to every operator, which at 196 tokens, where k-means runs
+hundreds of tiny operators, inflates the DEGC steps several times over; the shares are
+of the profiled forward, and ``total_ms`` is the median of unprofiled forwards. So a
+third measure takes no profiler at all:
+
+* :func:`isolated_step_times`: every DEGC step re-run on its own (``DEGC.step_*``) on
+  the inputs each block got in one forward (captured by forward pre-hooks), timed
+  round-robin with the whole forward; ``other`` is the forward minus the steps.
 """
 from collections import defaultdict
 from functools import partial
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 from torch import Tensor, nn
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, record_function
 
+from ..models.degc import DEGC
+from ..models.degc.degc import as_tokens
+from ..models.degc.execution import resolve_sync_free
 from .models import Candidate
 from .timing import Runner, round_robin, warm_up
 
@@ -99,6 +109,88 @@ def kmeans_iterations(intermediates: Sequence) -> List[Optional[int]]:
             for rec in intermediates]
 
 
+def _degc_calls(runner: Runner, model: nn.Module, x: Tensor) -> list:
+    """``(degc, x, valid)`` of every DEGC call of one forward of ``model`` on ``x``."""
+    calls = []
+
+    def record(module, args):
+        calls.append((module, args[0], args[1] if len(args) > 1 else None))
+
+    hooks = [m.register_forward_pre_hook(record) for m in model.modules()
+             if isinstance(m, DEGC)]
+    try:
+        runner.forward(model, x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return calls
+
+
+class _BlockState(NamedTuple):
+    """What every DEGC step of one block needs: the block's input and the results of
+    the steps before it."""
+    degc: DEGC
+    x: Tensor
+    valid: Optional[Tensor]
+    tokens: Tensor
+    sync_free: bool
+    part: object
+    graph: object
+    centroids: object
+
+
+_STEPS: Dict[str, Callable[[_BlockState], object]] = {
+    'partition': lambda b: b.degc.step_partition(b.tokens, b.valid, b.sync_free),
+    'build_graph': lambda b: b.degc.step_build_graph(b.tokens, b.part, b.sync_free),
+    'global_update': lambda b: b.degc.step_global_update(b.tokens, b.part),
+    'local_update': lambda b: b.degc.step_local_update(b.x, b.graph, b.centroids),
+}
+
+
+def _block_states(runner: Runner, calls: list) -> List[_BlockState]:
+    with torch.inference_mode(), runner.autocast():
+        states = []
+        for degc, x, valid in calls:
+            tokens = as_tokens(x)
+            sync_free = resolve_sync_free(degc.sync_free, x)
+            part = degc.step_partition(tokens, valid, sync_free)
+            graph = degc.step_build_graph(tokens, part, sync_free)
+            centroids = degc.step_global_update(tokens, part)
+            states.append(_BlockState(degc, x, valid, tokens, sync_free, part, graph,
+                                      centroids))
+    return states
+
+
+def _step_job(runner: Runner, step: Callable, states: List[_BlockState]):
+    """Run ``step`` for every block, as the forward runs it."""
+    def run():
+        with torch.inference_mode(), runner.autocast():
+            for state in states:
+                step(state)
+    return run
+
+
+def isolated_step_times(runner: Runner, model: nn.Module, x: Tensor,
+                        repeats: int = 5) -> Dict[str, float]:
+    """Milliseconds of every DEGC step over the blocks of one forward, and ``other``,
+    without a profiler.
+
+    Each step is re-run on its own, block by block, on the inputs the blocks got in one
+    forward of ``x``, round-robin with that whole forward (the same load for all);
+    ``other`` is the forward's median minus the steps' medians. A step timed alone
+    finds its inputs in cache, so the steps' shares are a lower bound where the
+    forward's activations do not fit in cache.
+    """
+    states = _block_states(runner, _degc_calls(runner, model, x))
+    jobs = {name: _step_job(runner, step, states) for name, step in _STEPS.items()}
+    jobs['forward'] = partial(runner.forward, model, x)
+    times = round_robin(runner, jobs, warmup=1, repeats=repeats)
+    median = {name: 1e3 * float(np.median(t)) for name, t in times.items()}
+    out = {s: median[s] for s in DEGC_STEPS}
+    out[OTHER] = median['forward'] - sum(out.values())
+    return out
+
+
 def profile_degc(runner: Runner, model: nn.Module, x: Tensor, repeats: int = 5,
                  op_top: int = 0, name: str = 'model') -> dict:
     """Time split of ``repeats`` forwards of a ClusterViG on ``x`` :math:`(B, 3, H, W)`.
@@ -114,8 +206,9 @@ def profile_degc(runner: Runner, model: nn.Module, x: Tensor, repeats: int = 5,
     Returns:
         dict: ``total_ms`` (median unprofiled), ``profiled_ms``, ``steps_ms`` and
         ``share`` per step and ``other`` (medians; shares of their sum, adding up to 1),
-        ``tokens``, ``kappa``, ``kmeans_iterations`` per block and their mean,
-        ``operators`` (or None).
+        ``isolated_ms`` and ``isolated_share`` (:func:`isolated_step_times`, shares of
+        the unprofiled forward), ``tokens``, ``kappa``, ``kmeans_iterations`` per block
+        and their mean, ``operators`` (or None).
     """
     plain = round_robin(runner, {name: partial(runner.forward, model, x)}, 0, repeats)[name]
     on_gpu = runner.device.type == 'cuda'
@@ -129,6 +222,8 @@ def profile_degc(runner: Runner, model: nn.Module, x: Tensor, repeats: int = 5,
     median = {k: float(np.median([f[k] for f in step_times(events, on_gpu)])) / 1e3
               for k in (*DEGC_STEPS, OTHER, 'total')}
     steps_sum = sum(median[s] for s in (*DEGC_STEPS, OTHER))
+    isolated = isolated_step_times(runner, model, x, repeats)
+    isolated_total = sum(isolated.values())
     iters = kmeans_iterations(intermediates)
     counted = [i for i in iters if i is not None]
     first = intermediates[0].partition
@@ -138,6 +233,8 @@ def profile_degc(runner: Runner, model: nn.Module, x: Tensor, repeats: int = 5,
                 total_ms=1e3 * float(np.median(plain)), profiled_ms=median['total'],
                 steps_ms={s: median[s] for s in (*DEGC_STEPS, OTHER)},
                 share={s: median[s] / steps_sum for s in (*DEGC_STEPS, OTHER)},
+                isolated_ms=isolated,
+                isolated_share={s: v / isolated_total for s, v in isolated.items()},
                 kmeans_iterations=iters,
                 kmeans_iterations_mean=float(np.mean(counted)) if counted else None,
                 repeats=repeats,

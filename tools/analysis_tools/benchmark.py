@@ -10,8 +10,9 @@ so every ratio in the output shares the machine's noise:
 * scaling (``--sizes``): time per image against the token count, for ClusterViG, its
   ``--cluster-size`` variant (kappa follows the tokens) and Vig;
 * profile (``--profile``): share of the forward in the four DEGC steps and in the rest,
-  from the steps' ``torch.profiler`` ranges, k-means iterations from the forward's
-  intermediates; ``--op-table N`` lists the N costliest operators of every step;
+  from the steps' ``torch.profiler`` ranges and, without a profiler, from every step
+  re-run on its own; k-means iterations from the forward's intermediates;
+  ``--op-table N`` lists the N costliest operators of every step;
 * detection (``--detection inference train``): the backbones as the detection configs
   build them (``--arch`` sizes; mmdet's ResNet-50, Swin-T, PVTv2-b2 beside them), at
   1x3x800x1344 in inference and 2x3x800x1344 forward + backward, time and peak memory.
@@ -102,6 +103,9 @@ def print_profile(rows: List[dict]):
               f'{r["tokens"]:>7d}{r["kappa"]:>6d}'
               f'{"-" if iters is None else f"{iters:.1f}":>6s}'
               f'{r["total_ms"]:>9.1f}{r["profiled_ms"]:>9.1f}{cells}')
+        isolated = ''.join(f'{r["isolated_ms"][s]:9.1f} ({100 * r["isolated_share"][s]:4.1f}%)'
+                           for s in (*DEGC_STEPS, OTHER))
+        print(f'{"  each step alone, no profiler":<63s}{isolated}')
         for step, ops in (r['operators'] or {}).items():
             listed = ', '.join(f'{op} {ms:.1f}' for op, ms in ops.items())
             print(f'    {step:<14s} {listed}')
@@ -127,7 +131,7 @@ SCALING_COLUMNS = ('model', 'img_size', 'tokens', 'kappa', 'batch', 'ms_per_imag
                    'median_s', 'q1_s', 'q3_s', 'min_s', 'max_s', 'repeats', 'base_size',
                    'time_ratio', 'token_ratio')
 PROFILE_COLUMNS = ('model', 'height', 'width', 'batch', 'tokens', 'kappa', 'step', 'ms',
-                   'share')
+                   'share', 'isolated_ms', 'isolated_share')
 DETECTION_COLUMNS = ('model', 'family', 'mode', 'batch', 'height', 'width', 'median_s',
                      'q1_s', 'q3_s', 'min_s', 'max_s', 'repeats', 'reference', 'relative',
                      'peak_mb', 'step_peak_mb', 'state_mb', 'memory_relative')
@@ -149,7 +153,8 @@ def profile_csv_rows(rows: List[dict]) -> List[dict]:
     """One row per model, input and step (the four DEGC steps and ``other``)."""
     return [dict(model=r['model'], height=r['height'], width=r['width'], batch=r['batch'],
                  tokens=r['tokens'], kappa=r['kappa'], step=step, ms=r['steps_ms'][step],
-                 share=r['share'][step])
+                 share=r['share'][step], isolated_ms=r['isolated_ms'][step],
+                 isolated_share=r['isolated_share'][step])
             for r in rows for step in (*DEGC_STEPS, OTHER)]
 
 

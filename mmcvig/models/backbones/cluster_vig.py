@@ -15,6 +15,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ...registry import register_model
 from ..degc import DEGC
 from ..degc.execution import exporting, resolve_sync_free
+from ..layers import conv_norm_act
 from ..necks import SimplePyramid
 from .padding import extent_mask, image_extent, place_pos_embed
 
@@ -67,7 +68,7 @@ class Stem(Sequential):
         layer's output outside the images' own extent, as the zero padding of the next
         convolution sees an image alone."""
         for layer, stride in zip(self, self.strides):
-            x = layer(x)
+            x = conv_norm_act(layer, x)
             if extent is not None:
                 x = x * extent_mask(extent, stride, *x.shape[-2:])
         return x
@@ -120,7 +121,7 @@ class FFN(BaseModule):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.drop_path(self.fc2(self.fc1(x)))
+        return x + self.drop_path(self.fc2(conv_norm_act(self.fc1, x)))
 
 
 class ClusterViGBlock(Sequential):

@@ -35,6 +35,17 @@ class DEGCIntermediates(NamedTuple):
     centroids: Tensor
 
 
+def as_tokens(x: Tensor) -> Tensor:
+    """:math:`(B, C, H, W)` -> :math:`(B, N, C)`, a view of a channels-last map.
+
+    ``permute`` + ``reshape`` rather than ``flatten(2).transpose(1, 2)``: the latter
+    gives a batch of one an arbitrary batch stride, and the token-major maps built from
+    it then no longer read as channels-last to the convolutions.
+    """
+    batch, channels, height, width = x.shape
+    return x.permute(0, 2, 3, 1).reshape(batch, height * width, channels)
+
+
 def _as_feature_map(out: Tensor, x: Tensor) -> Tensor:
     """:math:`(B, C', N)` -> :math:`(B, C', H, W)` of ``x``'s size, in ``x``'s layout.
 
@@ -138,33 +149,49 @@ class DEGC(BaseModule):
             Tensor: :math:`(B, 2C, H, W)`; with ``return_intermediates`` a tuple
             ``(output, DEGCIntermediates)``.
         """
-        tokens = x.flatten(2).transpose(1, 2)  # (B, N, C)
+        tokens = as_tokens(x)
         sync_free = resolve_sync_free(self.sync_free, x)
         with record_function('degc.partition'):
-            part = partition(tokens, self.clusters_for(tokens.shape[1]), valid=valid,
-                             sync_free=sync_free, **self.kmeans_cfg)
-        if self.graph_impl == 'dense':
-            with record_function('degc.build_graph'):
-                graph = build_graph(tokens, part, self.k, 'masked' if sync_free else 'auto')
-            centroids = self._global_update(tokens, part)
-            with record_function('degc.local_update'):
-                out = self.local_update(x.flatten(2), graph, centroids)
-        else:
-            with record_function('degc.build_graph'):
-                graph = SparseGraph(*build_graph_sparse(tokens, part, self.k))
-            centroids = self._global_update(tokens, part)
-            with record_function('degc.local_update'):
-                out = self._sparse_local_update(tokens, graph, centroids.per_token())
-        out = _as_feature_map(out, x)
+            part = self.step_partition(tokens, valid, sync_free)
+        with record_function('degc.build_graph'):
+            graph = self.step_build_graph(tokens, part, sync_free)
+        with record_function('degc.global_update'):
+            centroids = self.step_global_update(tokens, part)
+        with record_function('degc.local_update'):
+            out = self.step_local_update(x, graph, centroids)
         if return_intermediates:
             return out, DEGCIntermediates(part, graph, centroids.values)
         return out
 
-    def _global_update(self, tokens: Tensor, part: Partition) -> TokenCentroids:
+    # The four steps of Algorithm 2, one method each (``forward`` runs them in order;
+    # mmcvig.analysis also times them one by one).
+    def step_partition(self, tokens: Tensor, valid: Optional[Tensor],
+                       sync_free: bool) -> Partition:
+        """k-means of the tokens :math:`(B, N, C)` of every image."""
+        return partition(tokens, self.clusters_for(tokens.shape[1]), valid=valid,
+                         sync_free=sync_free, **self.kmeans_cfg)
+
+    def step_build_graph(self, tokens: Tensor, part: Partition,
+                         sync_free: bool) -> Union[Graph, SparseGraph]:
+        """k-NN graph inside every partition (dense slots or the sparse edge list)."""
+        if self.graph_impl == 'sparse':
+            return SparseGraph(*build_graph_sparse(tokens, part, self.k))
+        return build_graph(tokens, part, self.k, 'masked' if sync_free else 'auto')
+
+    def step_global_update(self, tokens: Tensor, part: Partition) -> TokenCentroids:
         """Updated centroids :math:`z'`, with the labels that give every token its own."""
-        with record_function('degc.global_update'):
-            z = self.global_update(cluster_means(tokens, part), part.counts > 0)
+        z = self.global_update(cluster_means(tokens, part), part.counts > 0)
         return TokenCentroids(z, part.labels)
+
+    def step_local_update(self, x: Tensor, graph: Union[Graph, SparseGraph],
+                          centroids: TokenCentroids) -> Tensor:
+        """G-GCN of every token: :math:`(B, C, H, W)` -> :math:`(B, 2C, H, W)`."""
+        tokens = as_tokens(x)
+        if self.graph_impl == 'sparse':
+            out = self._sparse_local_update(tokens, graph, centroids.per_token())
+        else:
+            out = self.local_update(tokens.transpose(1, 2), graph, centroids)
+        return _as_feature_map(out, x)
 
     def clusters_for(self, num_tokens: int) -> int:
         """:math:`\\kappa` used for ``num_tokens`` tokens."""

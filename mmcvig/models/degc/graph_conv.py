@@ -23,7 +23,8 @@ from torch import Tensor, nn
 from torch_geometric.nn import MessagePassing
 from torch_scatter import scatter
 
-from .execution import static_shapes
+from ..layers import conv_norm_act, norm_act
+from .execution import exporting, static_shapes
 from .knn_graph import Graph
 
 
@@ -54,11 +55,16 @@ class TokenCentroids(NamedTuple):
         return F.pad(self.values, (0, 0, 0, 1))
 
     def per_token(self, rows: Tensor = None) -> Tensor:
-        """:math:`(B, N, C')` row ``labels[b, n]`` of ``rows`` (default: :meth:`padded`)
-        for every token."""
+        """:math:`(B, N, C')` row ``labels[b, n]`` of ``rows`` :math:`(B, \\kappa + 1, C')`
+        (default: :meth:`padded`) for every token: whole rows (``index_select``), which
+        is many times faster than an element-wise ``gather``."""
         rows = self.padded() if rows is None else rows
-        index = self.labels.unsqueeze(-1).expand(-1, -1, rows.shape[-1])
-        return rows.gather(1, index)
+        batch, num_rows, channels = rows.shape
+        index = self.labels
+        if batch > 1 or exporting():  # a traced graph must hold for any batch
+            index = index + torch.arange(batch, device=index.device).unsqueeze(1) * num_rows
+        picked = rows.reshape(batch * num_rows, channels).index_select(0, index.flatten())
+        return picked.view(batch, -1, channels)
 
 
 def gather_neighbors(x: Tensor, graph: Graph) -> Tensor:
@@ -230,9 +236,7 @@ def interleaved_mlp(mlp: ConvModule, parts: Sequence[Tuple[Tensor, Tensor]],
     for features, weight in parts:
         # A conv's output is not needed for its backward: summing into it in place is safe.
         h = F.conv2d(_as_map(features), weight, groups=conv.groups).add_(h)
-    if mlp.with_norm:
-        h = mlp.norm(h)
-    return _from_map(mlp.activate(h) if mlp.with_activation else h)
+    return _from_map(norm_act(mlp, h))
 
 
 def _as_nodes(module: nn.Module, h: Tensor) -> Tensor:
@@ -340,7 +344,7 @@ class GGraphSAGE(GGCN):
 
     def forward(self, x: Tensor, graph: Graph, centroids: TokenCentroids) -> Tensor:
         # MLP_phi depends on x_u alone: apply it per token, then gather.
-        phi = _from_map(self.mlp_phi(_as_map(x)))
+        phi = _from_map(conv_norm_act(self.mlp_phi, _as_map(x)))
         pooled = aggregate_neighbors(phi, graph, 'max')
         w_x, w_p, w_z = _split_interleaved(self.mlp_psi.conv, 3)
         return interleaved_mlp(self.mlp_psi, [(x, w_x), (pooled, w_p)], centroids, w_z)
@@ -367,7 +371,7 @@ class GGIN(GGCN):
     def forward(self, x: Tensor, graph: Graph, centroids: TokenCentroids) -> Tensor:
         z = centroids.per_token().transpose(1, 2)
         h = self._combine(x, aggregate_neighbors(x, graph, 'sum'), z)
-        return _from_map(self.mlp(_as_map(h)))
+        return _from_map(conv_norm_act(self.mlp, _as_map(h)))
 
     def forward_sparse(self, x: Tensor, edge_index: Tensor, z: Tensor) -> Tensor:
         return _as_nodes(self.mlp, self._combine(x, self.aggregate(x, edge_index), z))

@@ -2,9 +2,10 @@
 from typing import NamedTuple, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from .execution import exporting
+from .execution import exporting, static_shapes
 
 KMEANS_INITS = ('grid', 'random')
 
@@ -84,19 +85,28 @@ def cluster_sums(x: Tensor, labels: Tensor, num_clusters: int) -> Tensor:
         # ONNX's scatter does not accumulate repeated indices; exports never pad.
         return one_hot_clusters(labels, num_clusters, x.dtype).transpose(1, 2) @ x
     batch, num_tokens, channels = x.shape
-    rows = labels + torch.arange(batch, device=x.device).unsqueeze(1) * (num_clusters + 1)
+    rows = labels
+    # A row offset per image, skipped for a single image (k-means calls this every
+    # iteration); a traced or compiled graph must hold for any batch.
+    if batch > 1 or static_shapes():
+        rows = labels + torch.arange(batch, device=x.device).unsqueeze(1) * (num_clusters + 1)
     sums = x.new_zeros(batch * (num_clusters + 1), channels)
-    sums = sums.index_add(0, rows.flatten(), x.reshape(batch * num_tokens, channels))
+    sums.index_add_(0, rows.flatten(), x.reshape(batch * num_tokens, channels))
     return sums.view(batch, num_clusters + 1, channels)[:, :num_clusters]
 
 
-def _update_centroids(x: Tensor, labels: Tensor, centroids: Tensor) -> Tensor:
-    """Mean of every cluster's tokens; an empty cluster keeps its previous centroid
-    rather than collapsing to zero."""
-    num_clusters = centroids.shape[1]
-    sizes = one_hot_clusters(labels, num_clusters, x.dtype).sum(1).unsqueeze(-1)
-    sums = cluster_sums(x, labels, num_clusters)
-    return torch.where(sizes > 0, sums / sizes.clamp(min=1), centroids)
+def _with_counts(x: Tensor) -> Tensor:
+    """:math:`(B, N, C + 1)`: the tokens and a column of ones, so that one
+    :func:`cluster_sums` gives every cluster's sum and its size."""
+    return F.pad(x, (0, 1), value=1.0)
+
+
+def _update_centroids(x_counted: Tensor, labels: Tensor, centroids: Tensor) -> Tensor:
+    """Mean of every cluster's tokens (``x_counted`` from :func:`_with_counts`); an empty
+    cluster keeps its previous centroid rather than collapsing to zero."""
+    sums = cluster_sums(x_counted, labels, centroids.shape[1])
+    sizes = sums[..., -1:]
+    return torch.where(sizes > 0, sums[..., :-1] / sizes.clamp(min=1), centroids)
 
 
 @torch.no_grad()
@@ -153,10 +163,11 @@ def _lloyd(x: Tensor, centroids: Tensor, valid: Optional[Tensor], max_iters: int
     """
     if sync_free or tol:
         return _lloyd_per_image(x, centroids, valid, max_iters, tol, sync_free)
+    x_counted = _with_counts(x)
     labels = _assign(x, centroids, valid)
     iters = 0
     for iters in range(1, max_iters + 1):
-        centroids = _update_centroids(x, labels, centroids)
+        centroids = _update_centroids(x_counted, labels, centroids)
         new_labels = _assign(x, centroids, valid)
         converged = tol is not None and torch.equal(new_labels, labels)
         labels = new_labels
@@ -174,11 +185,12 @@ def _lloyd_per_image(x: Tensor, centroids: Tensor, valid: Optional[Tensor], max_
     loop ends once no image moves (one host read per iteration); with it, all
     ``max_iters`` run and the count stays a tensor.
     """
+    x_counted = _with_counts(x)
     labels = _assign(x, centroids, valid)
     iters = torch.zeros((), dtype=torch.long, device=x.device)
     running = torch.ones((), dtype=torch.bool, device=x.device)
     for _ in range(max_iters):
-        new = _update_centroids(x, labels, centroids)
+        new = _update_centroids(x_counted, labels, centroids)
         new_labels = _assign(x, new, valid)
         iters = iters + running
         if tol is None:
