@@ -60,6 +60,33 @@ def test_k_schedule_and_arch_table():
     assert ClusterViG('small').blocks[0][0].degc.local_update.mlp.conv.groups == 4
 
 
+@pytest.mark.parametrize('batch', [1, 2])
+def test_channels_last_inside_default_layout_outside(batch):
+    """The network runs channels-last (every conv and BN sees such a map); the outputs
+    come back in the default layout, which mmcv's RoI ops read as raw NCHW memory. Same
+    weights, same outputs as with channels_last=False."""
+    torch.manual_seed(0)
+    model = ClusterViG(MINI, pyramid=dict()).eval()
+    plain = ClusterViG(MINI, pyramid=dict(), channels_last=False).eval()
+    plain.load_state_dict(model.state_dict())
+    layouts = set()
+
+    def record(module, args):
+        layouts.add(args[0].is_contiguous(memory_format=torch.channels_last))
+
+    hooks = [m.register_forward_pre_hook(record) for m in model.modules()
+             if isinstance(m, (torch.nn.Conv2d, torch.nn.BatchNorm2d))]
+    x = torch.randn(batch, 3, 64, 80)
+    with torch.no_grad():
+        outs, ref = model(x), plain(x)
+    for hook in hooks:
+        hook.remove()
+    assert layouts == {True}
+    for out, expected in zip(outs, ref):
+        assert out.is_contiguous()
+        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize('size,expected', [((125, 130), (8, 9)), ((511, 511), (32, 32)),
                                            ((32, 32), (2, 2)), ((16, 16), (1, 1))])
 def test_odd_and_tiny_inputs(size, expected):
