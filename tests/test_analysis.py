@@ -83,7 +83,8 @@ def test_isolated_steps_rerun_what_the_forward_ran(runner):
         torch.testing.assert_close(state.centroids.values, record.centroids)
     with torch.no_grad():
         last = states[-1]
-        block_out = last.degc.step_local_update(last.x, last.graph, last.centroids)
+        block_out = last.degc.step_local_update(last.x, last.tokens, last.graph,
+                                                last.centroids)
         torch.testing.assert_close(block_out, last.degc(last.x))
     times = analysis.isolated_step_times(runner, model, x, repeats=2)
     assert set(times) == {*DEGC_STEPS, OTHER}

@@ -70,3 +70,9 @@ def test_refuses_another_order():
     module = ConvModule(4, 4, 1, norm_cfg=dict(type='BN'), order=('norm', 'conv', 'act'))
     with pytest.raises(ValueError, match='ordered conv, norm, act'):
         conv_norm_act(module, torch.randn(1, 4, 2, 2))
+
+
+def test_refuses_a_padding_layer_before_the_conv():
+    module = ConvModule(4, 4, 3, padding=1, padding_mode='reflect', norm_cfg=dict(type='BN'))
+    with pytest.raises(ValueError, match='pads itself'):
+        conv_norm_act(module, torch.randn(1, 4, 5, 5))

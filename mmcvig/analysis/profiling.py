@@ -143,7 +143,8 @@ _STEPS: Dict[str, Callable[[_BlockState], object]] = {
     'partition': lambda b: b.degc.step_partition(b.tokens, b.valid, b.sync_free),
     'build_graph': lambda b: b.degc.step_build_graph(b.tokens, b.part, b.sync_free),
     'global_update': lambda b: b.degc.step_global_update(b.tokens, b.part),
-    'local_update': lambda b: b.degc.step_local_update(b.x, b.graph, b.centroids),
+    'local_update': lambda b: b.degc.step_local_update(b.x, b.tokens, b.graph,
+                                                       b.centroids),
 }
 
 

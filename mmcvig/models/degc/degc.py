@@ -158,7 +158,7 @@ class DEGC(BaseModule):
         with record_function('degc.global_update'):
             centroids = self.step_global_update(tokens, part)
         with record_function('degc.local_update'):
-            out = self.step_local_update(x, graph, centroids)
+            out = self.step_local_update(x, tokens, graph, centroids)
         if return_intermediates:
             return out, DEGCIntermediates(part, graph, centroids.values)
         return out
@@ -183,10 +183,10 @@ class DEGC(BaseModule):
         z = self.global_update(cluster_means(tokens, part), part.counts > 0)
         return TokenCentroids(z, part.labels)
 
-    def step_local_update(self, x: Tensor, graph: Union[Graph, SparseGraph],
+    def step_local_update(self, x: Tensor, tokens: Tensor, graph: Union[Graph, SparseGraph],
                           centroids: TokenCentroids) -> Tensor:
-        """G-GCN of every token: :math:`(B, C, H, W)` -> :math:`(B, 2C, H, W)`."""
-        tokens = as_tokens(x)
+        """G-GCN of every token: :math:`(B, C, H, W)` -> :math:`(B, 2C, H, W)`
+        (``tokens``: :func:`as_tokens` of ``x``, which sets the output's layout)."""
         if self.graph_impl == 'sparse':
             out = self._sparse_local_update(tokens, graph, centroids.per_token())
         else:

@@ -21,3 +21,19 @@ def resolve_sync_free(setting: Optional[bool], x: Tensor) -> bool:
     on CUDA; always on while compiling or exporting, which need static control flow."""
     auto = x.is_cuda if setting is None else setting
     return auto or static_shapes()
+
+
+def flat_index(index: Tensor, rows_per_image: int) -> Tensor:
+    """Per-image row indices :math:`(B, ...)` -> indices into the images' rows stacked
+    (``b * rows_per_image + index``), as one ``index_select`` or ``index_add`` over a
+    whole batch wants them.
+
+    A single image needs no offset and, eager, gets none (k-means calls this every
+    iteration, where each operator counts); a traced or compiled graph always adds it,
+    so that it holds for any batch.
+    """
+    batch = index.shape[0]
+    if batch == 1 and not static_shapes():
+        return index
+    offset = torch.arange(batch, device=index.device) * rows_per_image
+    return index + offset.view(-1, *([1] * (index.dim() - 1)))

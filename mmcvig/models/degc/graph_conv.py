@@ -24,7 +24,7 @@ from torch_geometric.nn import MessagePassing
 from torch_scatter import scatter
 
 from ..layers import conv_norm_act, norm_act
-from .execution import exporting, static_shapes
+from .execution import flat_index, static_shapes
 from .knn_graph import Graph
 
 
@@ -60,11 +60,14 @@ class TokenCentroids(NamedTuple):
         is many times faster than an element-wise ``gather``."""
         rows = self.padded() if rows is None else rows
         batch, num_rows, channels = rows.shape
-        index = self.labels
-        if batch > 1 or exporting():  # a traced graph must hold for any batch
-            index = index + torch.arange(batch, device=index.device).unsqueeze(1) * num_rows
-        picked = rows.reshape(batch * num_rows, channels).index_select(0, index.flatten())
+        index = flat_index(self.labels, num_rows).flatten()
+        picked = rows.reshape(batch * num_rows, channels).index_select(0, index)
         return picked.view(batch, -1, channels)
+
+
+def _token_rows(x: Tensor) -> Tensor:
+    """:math:`(B, C, N)` -> :math:`(B N, C)`, one row per token."""
+    return x.transpose(1, 2).reshape(-1, x.shape[1])
 
 
 def gather_neighbors(x: Tensor, graph: Graph) -> Tensor:
@@ -77,11 +80,10 @@ def gather_neighbors(x: Tensor, graph: Graph) -> Tensor:
     Returns:
         Tensor: :math:`(B, N, K, C)`, channels last so one row gather serves all channels.
     """
-    batch, channels, num_tokens = x.shape
-    offset = torch.arange(batch, device=x.device).view(-1, 1, 1) * num_tokens
-    rows = x.transpose(1, 2).reshape(batch * num_tokens, channels)
+    channels = x.shape[1]
+    rows = _token_rows(x)
     # index_select copies whole rows; advanced indexing goes through a slower generic path.
-    picked = rows.index_select(0, (graph.neighbors + offset).flatten())
+    picked = rows.index_select(0, flat_index(graph.neighbors, x.shape[2]).flatten())
     return picked.view(*graph.neighbors.shape, channels)
 
 
@@ -100,11 +102,6 @@ def _chunks(bags: Tensor, channels: int):
 def _gather(rows: Tensor, bags: Tensor) -> Tensor:
     """:math:`(M', K, C)` neighbour rows of a chunk of bags :math:`(M', K)`."""
     return rows.index_select(0, bags.flatten()).view(*bags.shape, rows.shape[1])
-
-
-def _token_rows(x: Tensor) -> Tensor:
-    """:math:`(B, C, N)` -> :math:`(B N, C)`, one row per token."""
-    return x.transpose(1, 2).reshape(-1, x.shape[1])
 
 
 def _chunked_max(rows: Tensor, bags: Tensor) -> Tensor:
@@ -177,8 +174,7 @@ def aggregate_neighbors(x: Tensor, graph: Graph, reduce: str) -> Tensor:
             return (picked * graph.valid.unsqueeze(-1)).sum(2).transpose(1, 2)
         return picked.amax(dim=2).transpose(1, 2)
     batch, channels, num_tokens = x.shape
-    offset = torch.arange(batch, device=x.device).view(-1, 1, 1) * num_tokens
-    bags = (graph.neighbors + offset).view(batch * num_tokens, -1)
+    bags = flat_index(graph.neighbors, num_tokens).view(batch * num_tokens, -1)
     if reduce == 'max' and x.device.type == 'cpu':
         out = _NeighborMax.apply(x, bags)
     else:

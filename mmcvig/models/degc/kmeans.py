@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .execution import exporting, static_shapes
+from .execution import exporting, flat_index
 
 KMEANS_INITS = ('grid', 'random')
 
@@ -85,13 +85,9 @@ def cluster_sums(x: Tensor, labels: Tensor, num_clusters: int) -> Tensor:
         # ONNX's scatter does not accumulate repeated indices; exports never pad.
         return one_hot_clusters(labels, num_clusters, x.dtype).transpose(1, 2) @ x
     batch, num_tokens, channels = x.shape
-    rows = labels
-    # A row offset per image, skipped for a single image (k-means calls this every
-    # iteration); a traced or compiled graph must hold for any batch.
-    if batch > 1 or static_shapes():
-        rows = labels + torch.arange(batch, device=x.device).unsqueeze(1) * (num_clusters + 1)
+    rows = flat_index(labels, num_clusters + 1).flatten()
     sums = x.new_zeros(batch * (num_clusters + 1), channels)
-    sums.index_add_(0, rows.flatten(), x.reshape(batch * num_tokens, channels))
+    sums.index_add_(0, rows, x.reshape(batch * num_tokens, channels))
     return sums.view(batch, num_clusters + 1, channels)[:, :num_clusters]
 
 

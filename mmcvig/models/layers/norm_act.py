@@ -60,12 +60,15 @@ def norm_act(module: ConvModule, h: Tensor) -> Tensor:
     """``module``'s norm and activation applied to ``h``, its convolution's output.
 
     Args:
-        module (ConvModule): in the default ``('conv', 'norm', 'act')`` order.
+        module (ConvModule): in the default ``('conv', 'norm', 'act')`` order, with
+            the convolution's own zero padding.
         h (Tensor): :math:`(B, C, H, W)` output of ``module.conv``.
     """
     if module.order != ('conv', 'norm', 'act'):
         raise ValueError(f'norm_act needs a ConvModule ordered conv, norm, act; got '
                          f'{module.order}')
+    if module.with_explicit_padding:  # its padding layer runs before module.conv
+        raise ValueError('norm_act needs a ConvModule whose conv pads itself (zeros)')
     norm = module.norm if module.with_norm else None
     act = module.activate if module.with_activation else None
     if _recomputable(norm, act, h):
