@@ -23,17 +23,24 @@ def resolve_sync_free(setting: Optional[bool], x: Tensor) -> bool:
     return auto or static_shapes()
 
 
-def flat_index(index: Tensor, rows_per_image: int) -> Tensor:
-    """Per-image row indices :math:`(B, ...)` -> indices into the images' rows stacked
-    (``b * rows_per_image + index``), as one ``index_select`` or ``index_add`` over a
-    whole batch wants them.
+def row_offsets(batch: int, rows_per_image: int, device) -> Optional[Tensor]:
+    """:math:`(B, 1)` offsets ``b * rows_per_image`` that turn per-image row indices into
+    indices into the images' rows stacked, or ``None`` where none is needed.
 
-    A single image needs no offset and, eager, gets none (k-means calls this every
+    A single image needs no offset and, eager, gets none (k-means indexes rows every
     iteration, where each operator counts); a traced or compiled graph always adds it,
     so that it holds for any batch.
     """
-    batch = index.shape[0]
     if batch == 1 and not static_shapes():
+        return None
+    return torch.arange(batch, device=device).unsqueeze(1) * rows_per_image
+
+
+def flat_index(index: Tensor, rows_per_image: int) -> Tensor:
+    """Per-image row indices :math:`(B, ...)` -> indices into the images' rows stacked
+    (``b * rows_per_image + index``), as one ``index_select`` or ``index_add`` over a
+    whole batch wants them (see :func:`row_offsets`)."""
+    offset = row_offsets(index.shape[0], rows_per_image, index.device)
+    if offset is None:
         return index
-    offset = torch.arange(batch, device=index.device) * rows_per_image
     return index + offset.view(-1, *([1] * (index.dim() - 1)))

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .execution import exporting, flat_index
+from .execution import exporting, row_offsets
 
 KMEANS_INITS = ('grid', 'random')
 
@@ -61,17 +61,6 @@ def _init_centroids(x: Tensor, num_clusters: int, init: str, valid: Optional[Ten
     return x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
-def _assign(x: Tensor, centroids: Tensor, valid: Optional[Tensor]) -> Tensor:
-    """Nearest centroid of every token: argmin over clusters of ||c||^2 - 2 x.c
-    (||x||^2 is the same for every cluster of a token, so it is left out)."""
-    scores = torch.baddbmm(centroids.square().sum(-1).unsqueeze(1), x, centroids.transpose(1, 2),
-                           alpha=-2)
-    labels = scores.argmin(dim=-1)
-    if valid is not None:
-        labels = labels.masked_fill(~valid, centroids.shape[1])
-    return labels
-
-
 def cluster_sums(x: Tensor, labels: Tensor, num_clusters: int) -> Tensor:
     """:math:`(B, \\kappa, C)` sum of every cluster's tokens (differentiable in ``x``).
 
@@ -85,24 +74,62 @@ def cluster_sums(x: Tensor, labels: Tensor, num_clusters: int) -> Tensor:
         # ONNX's scatter does not accumulate repeated indices; exports never pad.
         return one_hot_clusters(labels, num_clusters, x.dtype).transpose(1, 2) @ x
     batch, num_tokens, channels = x.shape
-    rows = flat_index(labels, num_clusters + 1).flatten()
-    sums = x.new_zeros(batch * (num_clusters + 1), channels)
-    sums.index_add_(0, rows, x.reshape(batch * num_tokens, channels))
-    return sums.view(batch, num_clusters + 1, channels)[:, :num_clusters]
+    offset = row_offsets(batch, num_clusters + 1, x.device)
+    return _scatter_sums(x.reshape(batch * num_tokens, channels), labels, offset, num_clusters)
 
 
-def _with_counts(x: Tensor) -> Tensor:
-    """:math:`(B, N, C + 1)`: the tokens and a column of ones, so that one
-    :func:`cluster_sums` gives every cluster's sum and its size."""
-    return F.pad(x, (0, 1), value=1.0)
+def _scatter_sums(flat_x: Tensor, labels: Tensor, offset: Optional[Tensor],
+                  num_clusters: int) -> Tensor:
+    """:func:`cluster_sums` of the tokens stacked, :math:`(B N, C)`, with the per-image
+    row ``offset`` of :func:`~.execution.row_offsets` already made."""
+    batch = labels.shape[0]
+    rows = labels if offset is None else labels + offset
+    sums = flat_x.new_zeros(batch * (num_clusters + 1), flat_x.shape[1])
+    sums.index_add_(0, rows.view(-1), flat_x)
+    return sums.view(batch, num_clusters + 1, -1)[:, :num_clusters]
 
 
-def _update_centroids(x_counted: Tensor, labels: Tensor, centroids: Tensor) -> Tensor:
-    """Mean of every cluster's tokens (``x_counted`` from :func:`_with_counts`); an empty
-    cluster keeps its previous centroid rather than collapsing to zero."""
-    sums = cluster_sums(x_counted, labels, centroids.shape[1])
-    sizes = sums[..., -1:]
-    return torch.where(sizes > 0, sums[..., :-1] / sizes.clamp(min=1), centroids)
+class _LloydStep:
+    """The two halves of a Lloyd iteration over fixed tokens ``x`` :math:`(B, N, C)`.
+
+    What does not change between iterations is made once: the tokens with a column of
+    ones, stacked (one ``index_add`` then gives every cluster's sum and its size), the
+    per-image row offset and whether an export is running. At 196 tokens an iteration
+    is ten operators of a few microseconds each, so the Python between them counts.
+    """
+
+    def __init__(self, x: Tensor, num_clusters: int, valid: Optional[Tensor]):
+        batch, num_tokens, channels = x.shape
+        self.x = x
+        self.num_clusters = num_clusters
+        self.padding = None if valid is None else ~valid
+        self.export = exporting()
+        counted = F.pad(x, (0, 1), value=1.0)
+        self.counted = counted if self.export else counted.view(-1, channels + 1)
+        self.offset = row_offsets(batch, num_clusters + 1, x.device)
+
+    def assign(self, centroids: Tensor) -> Tensor:
+        """Nearest centroid of every token: argmin over clusters of ||c||^2 - 2 x.c
+        (||x||^2 is the same for every cluster of a token, so it is left out)."""
+        if self.export:  # ONNX has no vecdot; square + sum: the same values, two operators
+            norms = centroids.square().sum(-1)
+        else:
+            norms = torch.linalg.vecdot(centroids, centroids)
+        labels = torch.baddbmm(norms.unsqueeze(1), self.x, centroids.transpose(1, 2),
+                               alpha=-2).argmin(-1)
+        if self.padding is not None:
+            labels = labels.masked_fill(self.padding, self.num_clusters)
+        return labels
+
+    def update(self, labels: Tensor, centroids: Tensor) -> Tensor:
+        """Mean of every cluster's tokens; an empty cluster keeps its previous centroid
+        rather than collapsing to zero (its 0 / 0 is discarded)."""
+        if self.export:
+            sums = cluster_sums(self.counted, labels, self.num_clusters)
+        else:
+            sums = _scatter_sums(self.counted, labels, self.offset, self.num_clusters)
+        sizes = sums[..., -1:]  # counts: nonzero is non-empty
+        return torch.where(sizes.bool(), sums[..., :-1] / sizes, centroids)
 
 
 @torch.no_grad()
@@ -159,12 +186,12 @@ def _lloyd(x: Tensor, centroids: Tensor, valid: Optional[Tensor], max_iters: int
     """
     if sync_free or tol:
         return _lloyd_per_image(x, centroids, valid, max_iters, tol, sync_free)
-    x_counted = _with_counts(x)
-    labels = _assign(x, centroids, valid)
+    step = _LloydStep(x, centroids.shape[1], valid)
+    labels = step.assign(centroids)
     iters = 0
     for iters in range(1, max_iters + 1):
-        centroids = _update_centroids(x_counted, labels, centroids)
-        new_labels = _assign(x, centroids, valid)
+        centroids = step.update(labels, centroids)
+        new_labels = step.assign(centroids)
         converged = tol is not None and torch.equal(new_labels, labels)
         labels = new_labels
         if converged:
@@ -181,13 +208,13 @@ def _lloyd_per_image(x: Tensor, centroids: Tensor, valid: Optional[Tensor], max_
     loop ends once no image moves (one host read per iteration); with it, all
     ``max_iters`` run and the count stays a tensor.
     """
-    x_counted = _with_counts(x)
-    labels = _assign(x, centroids, valid)
+    step = _LloydStep(x, centroids.shape[1], valid)
+    labels = step.assign(centroids)
     iters = torch.zeros((), dtype=torch.long, device=x.device)
     running = torch.ones((), dtype=torch.bool, device=x.device)
     for _ in range(max_iters):
-        new = _update_centroids(x_counted, labels, centroids)
-        new_labels = _assign(x, new, valid)
+        new = step.update(labels, centroids)
+        new_labels = step.assign(new)
         iters = iters + running
         if tol is None:
             moving = running

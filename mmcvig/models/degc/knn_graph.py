@@ -112,6 +112,12 @@ def _row_blocks(rows: int, elements_per_row: int) -> List[slice]:
     return [slice(start, min(start + step, rows)) for start in range(0, rows, step)]
 
 
+def _joined(row_blocks: List[Tensor]) -> Tensor:
+    """Row blocks :math:`(B, rows, K)` joined; a single block as it is (``cat`` would
+    copy it, and at 196 tokens there is only one)."""
+    return row_blocks[0] if len(row_blocks) == 1 else torch.cat(row_blocks, 1)
+
+
 def _knn_masked(feats: Tensor, labels: Tensor, num_clusters: int, k: int) -> Graph:
     """Every token against every token of its image, other clusters masked.
 
@@ -129,7 +135,7 @@ def _knn_masked(feats: Tensor, labels: Tensor, num_clusters: int, k: int) -> Gra
         top_sim, top = sim.topk(min(k, num_tokens), dim=-1)
         top_sims.append(top_sim)
         tops.append(top)
-    top_sim, top = torch.cat(top_sims, 1), torch.cat(tops, 1)
+    top_sim, top = _joined(top_sims), _joined(tops)
     valid = (top_sim > float('-inf')) & (labels < num_clusters).unsqueeze(-1)
     return _self_padded(top, valid, k)
 
