@@ -104,11 +104,15 @@ def _gather(rows: Tensor, bags: Tensor) -> Tensor:
     return rows.index_select(0, bags.flatten()).view(*bags.shape, rows.shape[1])
 
 
-def _chunked_max(rows: Tensor, bags: Tensor) -> Tensor:
-    out = rows.new_empty(bags.shape[0], rows.shape[1])
-    for chunk in _chunks(bags, rows.shape[1]):
-        torch.amax(_gather(rows, bags[chunk]), dim=1, out=out[chunk])
-    return out
+def _first_winner_scores(picked: Tensor, best: Tensor, rank: Tensor) -> Tensor:
+    """:math:`(M', C)` score ``K - j`` of the first slot ``j`` of ``picked``
+    :math:`(M', K, C)` that holds ``best`` :math:`(M', C)`, per element.
+
+    Slot ``j`` scores ``rank[j] = K - j`` where it holds the max, so the largest score is
+    the first winner (argmax over a middle dimension is 60x slower on the CPU than amax).
+    """
+    won = picked == best.unsqueeze(1)
+    return (won.to(rank.dtype) * rank).amax(dim=1)
 
 
 class _NeighborMax(torch.autograd.Function):
@@ -117,35 +121,40 @@ class _NeighborMax(torch.autograd.Function):
     ``F.embedding_bag(mode='max')`` computes the same, but its CPU kernel reduces element
     by element, as does ``torch.max`` with indices (both 5-6x slower than ``amax`` at
     4,200 tokens, C = 320). Here each chunk of tokens gathers its neighbours into a
-    cache-sized buffer and reduces it with ``amax``. Only ``x`` (alive anyway: the
-    caller's input) and the bags are kept for the backward, which recomputes the max,
-    finds the winning neighbour by equality, chunk by chunk, and sends it the gradient
-    (the first winner on ties, as ``embedding_bag`` does): nothing of size
-    :math:`(M, K, C)`, and no :math:`(M, C)` copy, is held between forward and backward.
+    cache-sized buffer and reduces it with ``amax``. When ``x`` gets a gradient, the
+    winning slot of every output element is found in the same chunk while it is in
+    cache (by equality; the first winner on ties, as ``embedding_bag`` does) and kept,
+    one byte per element for fewer than 256 slots; the backward then only sends each
+    gradient to its winner. Nothing of size :math:`(M, K, C)` is held between forward
+    and backward.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, bags: Tensor) -> Tensor:
-        ctx.save_for_backward(x, bags)
-        return _chunked_max(_token_rows(x), bags)
+    def forward(ctx, x: Tensor, bags: Tensor, needs_grad: bool) -> Tensor:
+        rows = _token_rows(x)
+        num_bags, slots = bags.shape
+        out = rows.new_empty(num_bags, rows.shape[1])
+        scores = None
+        if needs_grad:
+            small = torch.uint8 if slots < 256 else torch.int32
+            rank = torch.arange(slots, 0, -1, dtype=small, device=x.device).view(1, -1, 1)
+            scores = out.new_empty(out.shape, dtype=small)
+        for chunk in _chunks(bags, rows.shape[1]):
+            picked = _gather(rows, bags[chunk])
+            torch.amax(picked, dim=1, out=out[chunk])
+            if scores is not None:
+                scores[chunk] = _first_winner_scores(picked, out[chunk], rank)
+        ctx.save_for_backward(bags, scores)
+        ctx.x_shape = x.shape
+        return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        x, bags = ctx.saved_tensors
-        rows = _token_rows(x)
-        out = _chunked_max(rows, bags)
-        grad_rows = torch.zeros_like(rows)
-        slots = bags.shape[1]
-        # Slot j scores slots - j where it holds the max: the largest score is the first
-        # winner. (argmax over a middle dimension is 60x slower on the CPU than amax.)
-        small = torch.uint8 if slots < 256 else torch.int32
-        rank = torch.arange(slots, 0, -1, dtype=small, device=x.device).view(1, -1, 1)
-        for chunk in _chunks(bags, rows.shape[1]):
-            won = _gather(rows, bags[chunk]) == out[chunk].unsqueeze(1)  # (M', K, C)
-            slot = slots - (won.to(small) * rank).amax(dim=1).long()
-            grad_rows.scatter_add_(0, bags[chunk].gather(1, slot), grad[chunk])
-        batch, channels, num_tokens = x.shape
-        return grad_rows.view(batch, num_tokens, channels).transpose(1, 2), None
+        bags, scores = ctx.saved_tensors
+        batch, channels, num_tokens = ctx.x_shape
+        winners = bags.gather(1, bags.shape[1] - scores.long())  # (M, C) token rows
+        grad_rows = grad.new_zeros(batch * num_tokens, channels).scatter_add_(0, winners, grad)
+        return grad_rows.view(batch, num_tokens, channels).transpose(1, 2), None, None
 
 
 def aggregate_neighbors(x: Tensor, graph: Graph, reduce: str) -> Tensor:
@@ -176,7 +185,7 @@ def aggregate_neighbors(x: Tensor, graph: Graph, reduce: str) -> Tensor:
     batch, channels, num_tokens = x.shape
     bags = flat_index(graph.neighbors, num_tokens).view(batch * num_tokens, -1)
     if reduce == 'max' and x.device.type == 'cpu':
-        out = _NeighborMax.apply(x, bags)
+        out = _NeighborMax.apply(x, bags, torch.is_grad_enabled() and x.requires_grad)
     else:
         rows = _token_rows(x)
         weights = graph.valid.view_as(bags).to(rows.dtype) if reduce == 'sum' else None
