@@ -66,6 +66,19 @@ def test_profile_reads_the_degc_ranges_and_intermediates(runner):
     assert row['kmeans_iterations'] == expected
     assert len(expected) == 2 and all(1 <= i <= 20 for i in expected)
     assert row['kmeans_iterations_mean'] == pytest.approx(np.mean(expected))
+    # the k-NN's least arithmetic: every token against its own cluster, C = 32
+    sizes = torch.stack([rec.partition.counts for rec in intermediates]).double()
+    assert row['knn_gmacs'] == pytest.approx(float(sizes.square().sum()) * 32 / 1e9)
+    assert row['knn_floor_ms'] is None  # no device rate given
+
+
+def test_measure_profile_gives_the_knn_floor(runner):
+    candidate = analysis.cvig_candidate(MINI)
+    row, = analysis.measure_profile(runner, [candidate], [(64, 64, 1)], img_size=64,
+                                    warmup=0, repeats=1)
+    rate = 1e9 * row['knn_gmacs'] / (row['knn_floor_ms'] / 1e3)  # MACs per second
+    assert 1e8 < rate < 1e15  # a matrix product's rate, measured
+    assert row['knn_floor_share'] == pytest.approx(row['knn_floor_ms'] / row['total_ms'])
 
 
 def test_isolated_steps_rerun_what_the_forward_ran(runner):

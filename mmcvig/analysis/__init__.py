@@ -13,8 +13,8 @@ from .models import (CVIG_DETECTION_CONFIGS, DETECTION_PEERS, PEERS, SIZE_SUFFIX
                      config_candidate, cvig_candidate, detection_candidates,
                      detection_cvig_candidate, peer_candidates, scaling_candidates, with_peers)
 from .partitions import partition_records
-from .profiling import (DEGC_STEPS, OTHER, isolated_step_times, kmeans_iterations, measure_profile,
-                        operator_table, profile_degc, step_times)
+from .profiling import (DEGC_STEPS, OTHER, gemm_rate, isolated_step_times, kmeans_iterations,
+                        knn_macs, measure_profile, operator_table, profile_degc, step_times)
 from .timing import Runner, paired_ratio, round_robin, summarize, warm_up
 
 __all__ = [
@@ -25,7 +25,7 @@ __all__ = [
     'detection_candidates', 'measure_throughput', 'speedups', 'measure_scaling',
     'add_scaling_ratios', 'tokens_at', 'kappa_at', 'DEGC_STEPS', 'OTHER', 'step_times',
     'operator_table', 'kmeans_iterations', 'profile_degc', 'measure_profile',
-    'isolated_step_times',
+    'isolated_step_times', 'knn_macs', 'gemm_rate',
     'TRAIN_SHAPE', 'INFERENCE_SHAPE', 'allocation_peak', 'peak_memory', 'state_bytes',
     'measure_detection', 'measure_detection_tables', 'partition_records', 'HostSyncCounter'
 ]

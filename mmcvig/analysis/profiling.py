@@ -109,6 +109,23 @@ def kmeans_iterations(intermediates: Sequence) -> List[Optional[int]]:
             for rec in intermediates]
 
 
+def knn_macs(intermediates: Sequence) -> int:
+    """Multiply-adds an exact k-NN inside the partitions of one forward needs at least:
+    every token against every token of its cluster, :math:`\\sum_i |V^i|^2 C` over the
+    blocks and images (the masked search of small inputs computes :math:`N^2 C`)."""
+    return int(sum(float(rec.partition.counts.double().square().sum()) * rec.centroids.shape[-1]
+                   for rec in intermediates))
+
+
+def gemm_rate(runner: Runner, size: int = 2048, repeats: int = 3) -> float:
+    """Multiply-adds per second of a float32 ``size``-cube matrix product on the
+    runner's device (the best of ``repeats``): what the k-NN's products can reach."""
+    a = torch.randn(size, size, device=runner.device)
+    warm_up({'mm': lambda: a @ a}, 1)
+    best = min(runner.timed(lambda: a @ a) for _ in range(repeats))
+    return size ** 3 / best
+
+
 def _degc_calls(runner: Runner, model: nn.Module, x: Tensor) -> list:
     """``(degc, x, valid)`` of every DEGC call of one forward of ``model`` on ``x``."""
     calls = []
@@ -193,7 +210,8 @@ def isolated_step_times(runner: Runner, model: nn.Module, x: Tensor,
 
 
 def profile_degc(runner: Runner, model: nn.Module, x: Tensor, repeats: int = 5,
-                 op_top: int = 0, name: str = 'model') -> dict:
+                 op_top: int = 0, name: str = 'model',
+                 gemm_macs_per_s: Optional[float] = None) -> dict:
     """Time split of ``repeats`` forwards of a ClusterViG on ``x`` :math:`(B, 3, H, W)`.
 
     Args:
@@ -203,6 +221,8 @@ def profile_degc(runner: Runner, model: nn.Module, x: Tensor, repeats: int = 5,
         repeats (int): forwards, unprofiled and profiled each.
         op_top (int): operators per step in ``operators`` (0: no table).
         name (str): the row's ``model``.
+        gemm_macs_per_s (float, optional): the device's matrix-product rate
+            (:func:`gemm_rate`), for the k-NN's least time.
 
     Returns:
         dict: ``total_ms`` (median unprofiled), ``profiled_ms``, ``steps_ms`` and
@@ -229,16 +249,20 @@ def profile_degc(runner: Runner, model: nn.Module, x: Tensor, repeats: int = 5,
     counted = [i for i in iters if i is not None]
     first = intermediates[0].partition
     batch, _, height, width = x.shape
+    macs = knn_macs(intermediates)
+    floor_ms = None if gemm_macs_per_s is None else 1e3 * macs / gemm_macs_per_s
+    total_ms = 1e3 * float(np.median(plain))
     return dict(model=name, height=height, width=width, batch=batch,
                 tokens=first.labels.shape[1], kappa=first.counts.shape[1],
-                total_ms=1e3 * float(np.median(plain)), profiled_ms=median['total'],
+                total_ms=total_ms, profiled_ms=median['total'],
                 steps_ms={s: median[s] for s in (*DEGC_STEPS, OTHER)},
                 share={s: median[s] / steps_sum for s in (*DEGC_STEPS, OTHER)},
                 isolated_ms=isolated,
                 isolated_share={s: v / isolated_total for s, v in isolated.items()},
                 kmeans_iterations=iters,
                 kmeans_iterations_mean=float(np.mean(counted)) if counted else None,
-                repeats=repeats,
+                repeats=repeats, knn_gmacs=macs / 1e9, knn_floor_ms=floor_ms,
+                knn_floor_share=None if floor_ms is None else floor_ms / total_ms,
                 operators=operator_table(events, op_top, on_gpu) if op_top else None)
 
 
@@ -247,12 +271,14 @@ def measure_profile(runner: Runner, candidates: Sequence[Candidate],
                     warmup: int = 2, repeats: int = 5, op_top: int = 0) -> List[dict]:
     """:func:`profile_degc` of every ClusterViG candidate (others are skipped) at every
     ``(height, width, batch)``; models built for ``img_size`` (pos_embed resized to
-    other inputs), eager."""
+    other inputs), eager. The device's :func:`gemm_rate` is measured once, first."""
+    ours = [c for c in candidates if c.family == 'cvig']
+    rate = gemm_rate(runner) if ours else None
     rows = []
-    for c in (c for c in candidates if c.family == 'cvig'):
+    for c in ours:
         model = runner.model(c.make, img_size, eager=True)
         for height, width, batch in inputs:
             x = runner.inputs(batch, height, width)
             warm_up({c.name: partial(runner.forward, model, x)}, warmup)
-            rows.append(profile_degc(runner, model, x, repeats, op_top, c.name))
+            rows.append(profile_degc(runner, model, x, repeats, op_top, c.name, rate))
     return rows

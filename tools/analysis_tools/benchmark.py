@@ -106,6 +106,10 @@ def print_profile(rows: List[dict]):
         isolated = ''.join(f'{r["isolated_ms"][s]:9.1f} ({100 * r["isolated_share"][s]:4.1f}%)'
                            for s in (*DEGC_STEPS, OTHER))
         print(f'{"  each step alone, no profiler":<63s}{isolated}')
+        if r.get('knn_floor_ms') is not None:
+            print(f'  exact k-NN inside the partitions: {r["knn_gmacs"]:.2f} GMACs, at least '
+                  f'{r["knn_floor_ms"]:.1f} ms at this device\'s float32 matrix-product rate '
+                  f'({100 * r["knn_floor_share"]:.1f}% of the forward)')
         for step, ops in (r['operators'] or {}).items():
             listed = ', '.join(f'{op} {ms:.1f}' for op, ms in ops.items())
             print(f'    {step:<14s} {listed}')
