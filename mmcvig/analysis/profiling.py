@@ -229,7 +229,9 @@ def profile_degc(runner: Runner, model: nn.Module, x: Tensor, repeats: int = 5,
         ``share`` per step and ``other`` (medians; shares of their sum, adding up to 1),
         ``isolated_ms`` and ``isolated_share`` (:func:`isolated_step_times`, shares of
         the unprofiled forward), ``tokens``, ``kappa``, ``kmeans_iterations`` per block
-        and their mean, ``operators`` (or None).
+        and their mean, ``operators`` (or None), ``knn_gmacs`` (:func:`knn_macs`) and,
+        given ``gemm_macs_per_s``, ``knn_floor_ms`` (those multiply-adds at that rate)
+        and ``knn_floor_share`` (of the unprofiled forward; else both None).
     """
     plain = round_robin(runner, {name: partial(runner.forward, model, x)}, 0, repeats)[name]
     on_gpu = runner.device.type == 'cuda'
