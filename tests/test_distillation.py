@@ -71,6 +71,20 @@ def capture_output(module, store):
     return module.register_forward_hook(lambda m, args, out: store.append(out.detach()))
 
 
+def renormalising_teacher():
+    """The toy teacher with another normalisation and channel order than the student's:
+    the conversion constants are not the identity."""
+    teacher = Config.fromfile(str(TEACHER)).model
+    teacher.data_preprocessor = dict(mean=[123.675, 116.28, 103.53],
+                                     std=[58.395, 57.12, 57.375], to_rgb=False)
+    return teacher
+
+
+def floating(module):
+    """The floating-point parameters and buffers of ``module``."""
+    return [t for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()]
+
+
 # -------------------------------------------------------------------------------- loss
 def test_distillation_loss_is_cross_entropy_against_the_teacher_argmax(teacher_ckpt):
     """With Mixup in the data preprocessor: the teacher sees the mixed batch the student
@@ -114,10 +128,7 @@ def test_distillation_loss_is_cross_entropy_against_the_teacher_argmax(teacher_c
 def test_teacher_gets_its_own_normalisation_of_the_same_pixels(teacher_ckpt):
     """A teacher trained with other mean/std and channel order gets the student's
     (mixed) pixels normalised as its own data preprocessor would normalise them."""
-    teacher = Config.fromfile(str(TEACHER)).model
-    teacher.data_preprocessor = dict(mean=[123.675, 116.28, 103.53],
-                                     std=[58.395, 57.12, 57.375], to_rgb=False)
-    model = build(student_cfg(teacher_ckpt, teacher=teacher))
+    model = build(student_cfg(teacher_ckpt, teacher=renormalising_teacher()))
     seen = []
     capture_input(model.teacher, seen)
     data = batch()
@@ -125,6 +136,55 @@ def test_teacher_gets_its_own_normalisation_of_the_same_pixels(teacher_ckpt):
     model.teacher_labels(student)
     expected = model.teacher.data_preprocessor(data)['inputs']
     torch.testing.assert_close(seen[0], expected, rtol=1e-5, atol=1e-4)
+
+
+# ---------------------------------------------------------------------- device, dtype
+def test_teacher_follows_the_student_moved_before_init_weights(teacher_ckpt):
+    """As the Runner does on a GPU: the student moves (here to float64, a stand-in for
+    another device), then init_weights builds and loads the teacher, on the CPU in
+    float32. A training step runs, teacher and conversion constants in the student's
+    dtype; moved again, they follow again."""
+    cfg = student_cfg(teacher_ckpt, teacher=renormalising_teacher())
+    model = build(cfg, init=False).to(torch.float64)
+    model.init_weights()
+    for dtype in (torch.float64, torch.float32):
+        model.to(dtype)
+        seen = []
+        handle = capture_input(model.teacher, seen)
+        log_vars = model.train_step(batch(), build_optim_wrapper(model, cfg.optim_wrapper))
+        handle.remove()
+        assert all(torch.isfinite(v) for v in log_vars.values())
+        assert seen[0].dtype == dtype
+        assert {t.dtype for t in floating(model.teacher)} == {dtype}
+        flip, scale, shift = model._renorm(seen[0])
+        assert flip and scale.dtype == shift.dtype == dtype
+
+    # Still the pixels as the teacher's own preprocessor normalises them.
+    model.to(torch.float64)
+    data, seen = batch(), []
+    capture_input(model.teacher, seen)
+    model.teacher_labels(model.data_preprocessor(data)['inputs'])
+    assert seen[0].dtype == torch.float64
+    torch.testing.assert_close(seen[0], model.teacher.data_preprocessor(data)['inputs'])
+
+
+def test_teacher_follows_the_student_to_another_device(teacher_ckpt):
+    """The meta device stands in for a GPU: loading the teacher (init_weights, whose
+    mmengine half does not run on meta) after the student moved there builds and loads
+    it on the CPU without mixing devices; inputs on another device take the teacher and
+    the conversion constants along."""
+    cfg = student_cfg(teacher_ckpt, teacher=renormalising_teacher())
+    moved = build(cfg, init=False).to('meta')
+    moved.load_teacher()
+    assert moved._teacher.loaded
+    assert {t.device.type for t in floating(moved.teacher)} == {'cpu'}
+
+    model = build(cfg)
+    inputs = model.data_preprocessor(batch())['inputs'].to('meta')
+    assert model.teacher_labels(inputs).device.type == 'meta'
+    assert {t.device.type for t in floating(model.teacher)} == {'meta'}
+    flip, scale, shift = model._renorm(inputs)
+    assert scale.device.type == shift.device.type == 'meta'
 
 
 # ----------------------------------------------------------------------- frozen teacher

@@ -1,7 +1,8 @@
 """DeiT-style hard distillation as an mmpretrain classifier (paper Sec. V-B: ClusterViG is
 distilled from a RegNetY-16GF teacher)."""
+import itertools
 import os.path as osp
-from typing import List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 from mmengine.config import Config
@@ -27,8 +28,13 @@ class _Outside:
     def __init__(self):
         self.module: Optional[nn.Module] = None
         self.loaded = False
-        # (flip channels, scale, shift) from the student's inputs to the teacher's.
-        self.renorm: Optional[Tuple[bool, Tensor, Tensor]] = None
+        # The teacher's normalisation, (to_rgb, mean, std), float64 on the CPU, read when
+        # it is built (before the teacher follows the inputs to another dtype).
+        self.norm: Optional[Tuple[bool, Optional[Tensor], Optional[Tensor]]] = None
+        # (flip channels, scale, shift) from the student's inputs to the teacher's, or
+        # None for none, per (device, dtype) of the inputs: computed on first use there.
+        self.renorm: Dict[Tuple[torch.device, torch.dtype],
+                          Optional[Tuple[bool, Tensor, Tensor]]] = {}
 
     def __deepcopy__(self, memo):
         return self
@@ -65,12 +71,27 @@ def load_teacher_weights(teacher: nn.Module, filename: Optional[str]) -> None:
 
 
 def _normalisation(preprocessor) -> Tuple[bool, Optional[Tensor], Optional[Tensor]]:
-    """(to_rgb, mean, std) of an mmpretrain data preprocessor; mean/std ``None`` when it
-    does not normalise."""
+    """(to_rgb, mean, std) of an mmpretrain data preprocessor, mean/std copied to the CPU
+    in float64 (wherever the preprocessor is); mean/std ``None`` when it does not
+    normalise."""
     to_rgb = bool(getattr(preprocessor, 'to_rgb', False))
     if not getattr(preprocessor, '_enable_normalize', False):
         return to_rgb, None, None
-    return to_rgb, preprocessor.mean.float(), preprocessor.std.float()
+    mean, std = (v.detach().to('cpu', torch.float64)
+                 for v in (preprocessor.mean, preprocessor.std))
+    return to_rgb, mean, std
+
+
+def _follow(module: nn.Module, x: Tensor) -> nn.Module:
+    """Move ``module`` to the device of ``x``, and its floating-point parameters and
+    buffers to the dtype of ``x`` (a floating-point ``x``), if it is not there yet."""
+    dtype = x.dtype if x.is_floating_point() else None
+    first = next((t for t in itertools.chain(module.parameters(), module.buffers())
+                  if t.is_floating_point()), None)
+    if first is not None and (first.device != x.device or
+                              dtype not in (None, first.dtype)):
+        module.to(device=x.device, dtype=dtype)
+    return module
 
 
 @MODELS.register_module()
@@ -88,8 +109,8 @@ class HardDistillationClassifier(ImageClassifier):
     (which mmengine's Runner calls before training), so the student alone builds, counts
     and tests without the teacher or its checkpoint. The teacher is kept out of the module
     tree: it is in eval mode whatever ``.train()`` is called with, has no gradients, is in
-    no optimizer, moves to the inputs' device when it first runs, and is left out of the
-    state dict unless ``save_teacher=True``.
+    no optimizer, moves to the inputs' device and dtype (the student's) when it runs, and
+    is left out of the state dict unless ``save_teacher=True``.
 
     If the teacher's data preprocessor normalises (``mean``/``std``, ``to_rgb``), the
     student's inputs are converted to that normalisation first: the same pixels, as the
@@ -159,14 +180,37 @@ class HardDistillationClassifier(ImageClassifier):
             cfg = Config.fromfile(cfg)['model']
         teacher = cfg if isinstance(cfg, nn.Module) else MODELS.build(cfg)
         teacher.requires_grad_(False).eval()
-        s_rgb, s_mean, s_std = _normalisation(self.data_preprocessor)
-        t_rgb, t_mean, t_std = _normalisation(getattr(teacher, 'data_preprocessor', None))
-        if t_mean is not None:
-            s_mean = torch.zeros(3, 1, 1) if s_mean is None else s_mean
-            s_std = torch.ones(3, 1, 1) if s_std is None else s_std
-            self._teacher.renorm = self._renorm_params(s_rgb != t_rgb, s_mean, s_std,
-                                                       t_mean, t_std)
+        self._teacher.norm = _normalisation(getattr(teacher, 'data_preprocessor', None))
+        self._teacher.renorm = {}
         return teacher
+
+    def _renorm(self, x: Tensor) -> Optional[Tuple[bool, Tensor, Tensor]]:
+        """``(flip, scale, shift)`` from the student's inputs ``x`` to the teacher's, on
+        the device and in the dtype of ``x``; ``None`` for none.
+
+        Computed at use rather than when the teacher is built: the Runner moves the
+        student to its device before ``init_weights`` builds the teacher on the CPU, and
+        the student may move again. Once per device and dtype of the inputs: the identity
+        test reads the values on the host."""
+        key = (x.device, x.dtype)
+        if key not in self._teacher.renorm:
+            renorm = self._renorm_on_cpu()
+            if renorm is not None:
+                flip, scale, shift = renorm
+                renorm = flip, scale.to(x), shift.to(x)
+            self._teacher.renorm[key] = renorm
+        return self._teacher.renorm[key]
+
+    def _renorm_on_cpu(self) -> Optional[Tuple[bool, Tensor, Tensor]]:
+        """:meth:`_renorm_params` in float64 on the CPU, from the student's normalisation
+        as it is now and the teacher's as it was built."""
+        s_rgb, s_mean, s_std = _normalisation(self.data_preprocessor)
+        t_rgb, t_mean, t_std = self._teacher.norm
+        if t_mean is None:  # the teacher gets the student's inputs as they are
+            return None
+        s_mean = torch.zeros(3, 1, 1, dtype=torch.float64) if s_mean is None else s_mean
+        s_std = torch.ones(3, 1, 1, dtype=torch.float64) if s_std is None else s_std
+        return self._renorm_params(s_rgb != t_rgb, s_mean, s_std, t_mean, t_std)
 
     @staticmethod
     def _renorm_params(flip: bool, s_mean: Tensor, s_std: Tensor, t_mean: Tensor,
@@ -210,13 +254,13 @@ class HardDistillationClassifier(ImageClassifier):
         if not self._teacher.loaded:
             raise RuntimeError(f'the teacher has no weights yet: call init_weights() (the '
                                f'Runner does) or load_teacher(), with {CKPT_KEY} set')
-        param = next(teacher.parameters(), None)
-        if param is not None and param.device != inputs.device:
-            teacher.to(inputs.device)
-        x = inputs
-        if self._teacher.renorm is not None:
-            flip, scale, shift = self._teacher.renorm
-            x = (x.flip(1) if flip else x) * scale.to(x) + shift.to(x)
+        # The student's device and dtype now, which the teacher, built on the CPU, may
+        # not have (the Runner moves the student before init_weights builds it).
+        teacher, x = _follow(teacher, inputs), inputs
+        renorm = self._renorm(inputs)
+        if renorm is not None:
+            flip, scale, shift = renorm
+            x = (x.flip(1) if flip else x) * scale + shift
         logits = teacher(x, mode='tensor') if isinstance(teacher, BaseModel) else teacher(x)
         num_classes = getattr(self.head, 'num_classes', logits.shape[-1])
         if logits.dim() != 2 or logits.shape[1] != num_classes:
