@@ -1,6 +1,7 @@
 """ClusterViG backbone and classification head: sizes, shapes, behaviour."""
 import pytest
 import torch
+import torch.nn.functional as F
 from mmengine.runner import save_checkpoint
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -97,11 +98,21 @@ def test_odd_and_tiny_inputs(size, expected):
         assert out.shape == (2, 32, *expected) and torch.isfinite(out).all()
 
 
-def test_pos_embed_resized_bicubically():
+@pytest.mark.parametrize('deterministic', [False, True])
+def test_pos_embed_resized_bicubically(deterministic):
+    """Bicubic, not bilinear; in deterministic mode by two matrix products (the backward
+    of F.interpolate's bicubic mode raises on CUDA there), to the same values."""
     model = ClusterViG(MINI)
     torch.nn.init.normal_(model.pos_embed)
-    resized = model.resized_pos_embed(7, 9)
-    assert resized.shape == (1, 32, 7, 9)
+    expected = F.interpolate(model.pos_embed, size=(7, 9), mode='bicubic', align_corners=False)
+    bilinear = F.interpolate(model.pos_embed, size=(7, 9), mode='bilinear', align_corners=False)
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        resized = model.resized_pos_embed(7, 9)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    torch.testing.assert_close(resized, expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(resized, bilinear, rtol=1e-2, atol=1e-2)
     assert model.resized_pos_embed(14, 14) is model.pos_embed
 
 

@@ -1,4 +1,6 @@
 """DEGC's four steps against references: brute force, mmpretrain's ViG k-NN, PyG."""
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,6 +11,7 @@ from mmcvig.models.degc import (DEGC, GRAPH_CONVS, GlobalUpdate, Partition, Toke
                                 aggregate_neighbors, build_graph, build_graph_sparse,
                                 build_local_update, cluster_means, gather_neighbors, graph_conv,
                                 knn_graph, partition)
+from mmcvig.models.degc.execution import resolve_sync_free
 
 METHODS = ('masked', 'segments')
 
@@ -111,9 +114,11 @@ class TestPartition:
         assert const.counts.sum() == 40  # degenerate, but every token is assigned
 
     def test_fp32_under_bf16_input(self):
-        x = torch.randn(2, 64, 8)
-        assert torch.equal(partition(x.bfloat16().float(), 4).labels,
-                           partition(x.bfloat16(), 4).labels)
+        """bfloat16 tokens are clustered in float32: at scale 100, bfloat16 distances
+        (8 bits) would give other labels."""
+        x = (100 + torch.randn(2, 64, 8, generator=torch.Generator().manual_seed(0)))
+        x = x.bfloat16()
+        assert torch.equal(partition(x, 4).labels, partition(x.float(), 4).labels)
 
     def test_unknown_init(self):
         with pytest.raises(ValueError, match='grid'):
@@ -402,3 +407,11 @@ def test_degc_invalid_settings():
         DEGC(8, graph_impl='csr')
     with pytest.raises(ValueError, match='sync_free'):
         DEGC(8, graph_impl='sparse', sync_free=True)
+
+
+def test_sparse_path_is_never_sync_free():
+    """``sync_free=None`` picks the sync-free mode for CUDA inputs, except on the sparse
+    path, which syncs anyway (a stand-in for a CUDA tensor: no GPU here)."""
+    cuda_input = SimpleNamespace(is_cuda=True)
+    assert resolve_sync_free(DEGC(8).sync_free, cuda_input)
+    assert not resolve_sync_free(DEGC(8, graph_impl='sparse').sync_free, cuda_input)

@@ -33,7 +33,6 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from ..models.degc import DEGC
-from ..models.degc.degc import as_tokens
 from ..models.degc.execution import resolve_sync_free
 from .models import Candidate
 from .timing import Runner, round_robin, warm_up
@@ -169,7 +168,7 @@ def _block_states(runner: Runner, calls: list) -> List[_BlockState]:
     with torch.inference_mode(), runner.autocast():
         states = []
         for degc, x, valid in calls:
-            tokens = as_tokens(x)
+            tokens = degc.step_tokens(x, valid)
             sync_free = resolve_sync_free(degc.sync_free, x)
             part = degc.step_partition(tokens, valid, sync_free)
             graph = degc.step_build_graph(tokens, part, sync_free)

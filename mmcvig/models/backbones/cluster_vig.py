@@ -14,8 +14,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...registry import register_model
 from ..degc import DEGC
-from ..degc.execution import exporting, resolve_sync_free
-from ..layers import conv_norm_act
+from ..degc.execution import exporting, keep_graphs_for_recompute, resolve_sync_free
+from ..layers import bicubic_resize, conv_norm_act
 from ..necks import SimplePyramid
 from .padding import extent_mask, image_extent, place_pos_embed
 
@@ -27,16 +27,19 @@ def _check_input(x: Tensor, sync_free: bool):
 
     A NaN anywhere in an image makes every k-means distance of that image NaN, so its
     partition and graph become arbitrary. One pass over the input is cheap next to the
-    network. Sync-free, the check is an asynchronous device-side assertion (the error
-    surfaces at the next synchronisation); while tracing it is skipped.
+    network, but reading its result is a host synchronisation: sync-free (the default on
+    CUDA) nothing is checked, and a non-finite image gets non-finite features, every
+    other image of the batch the features it gets alone (k-means and the k-NN are per
+    image; no index goes out of range). A device-side assertion would instead leave the
+    CUDA context unusable, with no Python exception to catch. Images from mmdet's and
+    mmpretrain's pipelines are 8-bit, and their preprocessors' normalisation cannot make
+    a NaN; a non-finite loss then shows what a caller's own tensor did.
     """
     if x.dim() != 4 or x.shape[1] != 3:
         raise ValueError(f'ClusterViG expects images (B, 3, H, W), got shape {tuple(x.shape)}')
-    if exporting():
+    if exporting() or sync_free:
         return
-    if sync_free:
-        torch._assert_async(torch.isfinite(x).all(), _NOT_FINITE)
-    elif not torch.isfinite(x).all():
+    if not torch.isfinite(x).all():
         raise ValueError(_NOT_FINITE)
 
 
@@ -177,6 +180,10 @@ class ClusterViG(BaseModule):
             ``None`` always runs ``kmeans_iters`` iterations (static graph, for export).
         sync_free (bool, optional): no host-device synchronisation in the forward (see
             :class:`DEGC`); ``None`` (default) picks it for CUDA inputs.
+        center_tokens (bool): DEGC centres every image's tokens, as the authors'
+            trained models do (see :class:`DEGC`); default on.
+        detach_centroids (bool): no gradient into the tokens through DEGC's centroids,
+            as the authors' models train (see :class:`DEGC`); default on.
         pad_aware (bool): find the bottom-right zero padding mmdet adds to a batch (see
             :mod:`.padding`) and make every image's features what it would get alone:
             padding tokens take no part in DEGC, ``pos_embed`` is resized to each
@@ -189,7 +196,8 @@ class ClusterViG(BaseModule):
             (feeding every level) or one block per level. ``None`` (classification)
             returns the isotropic maps and holds no adapter weights.
         norm_eval (bool): keep BN layers in eval mode while training.
-        with_cp (bool): gradient checkpointing of every block (saves memory).
+        with_cp (bool): gradient checkpointing of every block (saves memory); the
+            backward's recomputation reuses the forward's partitions and graphs.
         channels_last (bool): run the network on channels-last maps (the default): the
             1x1 and depthwise convolutions then run on oneDNN's NHWC layout without
             reordering every input and output, and DEGC's tokens :math:`(B, N, C)` are a
@@ -215,6 +223,7 @@ class ClusterViG(BaseModule):
                  cluster_size: int = None, graph_impl: str = 'dense',
                  kmeans_init: str = 'grid', kmeans_iters: int = 20,
                  kmeans_tol: float = 0.0, sync_free: Optional[bool] = None,
+                 center_tokens: bool = True, detach_centroids: bool = True,
                  pad_aware: bool = False, pyramid: dict = None,
                  frozen_stages: int = -1, norm_eval: bool = False, with_cp: bool = False,
                  channels_last: bool = True, norm_cfg=dict(type='BN'),
@@ -250,7 +259,8 @@ class ClusterViG(BaseModule):
                             groups=self.arch['groups'], graph_conv=graph_conv,
                             graph_impl=graph_impl, kmeans_init=kmeans_init,
                             kmeans_iters=kmeans_iters, kmeans_tol=kmeans_tol,
-                            sync_free=sync_free)
+                            sync_free=sync_free, center_tokens=center_tokens,
+                            detach_centroids=detach_centroids)
             for k, dp in zip(ks, drop_paths)
         ])
         self.pyramid = None
@@ -294,9 +304,14 @@ class ClusterViG(BaseModule):
         return sorted(i % num_blocks for i in indices)
 
     def resized_pos_embed(self, height: int, width: int) -> Tensor:
-        """``pos_embed`` at a ``height x width`` token grid (bicubic when it differs)."""
+        """``pos_embed`` at a ``height x width`` token grid (bicubic when it differs;
+        two matrix products in deterministic mode, where the backward of
+        ``F.interpolate``'s bicubic mode raises on CUDA)."""
         if self.pos_embed.shape[-2:] == (height, width):
             return self.pos_embed
+        if torch.are_deterministic_algorithms_enabled():
+            size = self.pos_embed.new_ones(1)
+            return bicubic_resize(self.pos_embed, size * height, size * width, height, width)
         return F.interpolate(self.pos_embed, size=(height, width), mode='bicubic',
                              align_corners=False)
 
@@ -329,7 +344,8 @@ class ClusterViG(BaseModule):
         outs, intermediates = [], []
         for i, block in enumerate(self.blocks):
             if self.with_cp and x.requires_grad:
-                x = cp.checkpoint(block, x, mask, return_intermediates, use_reentrant=False)
+                x = cp.checkpoint(block, x, mask, return_intermediates, use_reentrant=False,
+                                  context_fn=keep_graphs_for_recompute)
             else:
                 x = block(x, mask, return_intermediates)
             if return_intermediates:

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..layers import bicubic_resize
+
 
 def _last_nonzero(any_nonzero: Tensor) -> Tensor:
     """:math:`(B,)` one past the last True of each row of :math:`(B, L)`; ``L`` if none."""
@@ -58,6 +60,8 @@ def place_pos_embed(pos_embed: Tensor, mask: Tensor) -> Tensor:
     token ``j`` of an image ``w`` tokens wide samples normalised coordinate
     ``(2j + 1) / w - 1``, the source position ``F.interpolate`` uses; ``border``
     padding repeats the edge values as ``F.interpolate`` clamps its taps.
+    Under ``torch.use_deterministic_algorithms(True)`` the same resize is two matrix
+    products (:func:`~mmcvig.models.layers.bicubic_resize`).
 
     Args:
         pos_embed (Tensor): :math:`(1, C, H_0, W_0)`.
@@ -70,6 +74,8 @@ def place_pos_embed(pos_embed: Tensor, mask: Tensor) -> Tensor:
     batch, _, height, width = mask.shape
     rows = mask[:, 0, :, 0].sum(1, keepdim=True).to(pos_embed.dtype)  # (B, 1)
     cols = mask[:, 0, 0, :].sum(1, keepdim=True).to(pos_embed.dtype)
+    if torch.are_deterministic_algorithms_enabled():  # grid_sample's backward would raise
+        return bicubic_resize(pos_embed, rows, cols, height, width)
     ys = (2 * torch.arange(height, device=mask.device) + 1) / rows - 1  # (B, H)
     xs = (2 * torch.arange(width, device=mask.device) + 1) / cols - 1  # (B, W)
     grid = torch.stack([xs.unsqueeze(1).expand(-1, height, -1),

@@ -7,9 +7,9 @@ from torch import Tensor
 from torch.profiler import record_function
 
 from .centroid_attention import GlobalUpdate, cluster_means
-from .execution import resolve_sync_free
+from .execution import forward_graph, full_precision, resolve_sync_free
 from .graph_conv import TokenCentroids, build_local_update
-from .kmeans import KMEANS_INITS, Partition, partition
+from .kmeans import KMEANS_INITS, Partition, cluster_sums, partition
 from .knn_graph import ArrangedTokens, Graph, build_graph, build_graph_sparse
 
 GRAPH_IMPLS = ('dense', 'sparse')
@@ -46,6 +46,30 @@ def as_tokens(x: Tensor) -> Tensor:
     return x.permute(0, 2, 3, 1).reshape(batch, height * width, channels)
 
 
+@torch.no_grad()
+def image_means(tokens: Tensor, valid: Optional[Tensor] = None) -> Tensor:
+    """:math:`(B, 1, C)` mean of every image's own tokens, in float32, no gradient.
+
+    Summed token by token in input order (:func:`~.kmeans.cluster_sums` with a single
+    cluster; padding adds into a dropped row), so an image alone and the same image
+    padded in a batch get the same mean to the last bit. Float32 whatever the tokens'
+    dtype or autocast: a sum of thousands of half-precision tokens overflows.
+
+    Args:
+        tokens (Tensor): :math:`(B, N, C)`.
+        valid (BoolTensor, optional): :math:`(B, N)` False for batch padding.
+    """
+    batch, num_tokens, _ = tokens.shape
+    if valid is None:
+        labels = tokens.new_zeros(batch, num_tokens, dtype=torch.long)
+        count = tokens.new_full((batch, 1, 1), num_tokens, dtype=torch.float32)
+    else:
+        labels = (~valid).long()  # 1: the dropped row
+        count = valid.sum(1).view(-1, 1, 1).float()
+    with full_precision(tokens):
+        return cluster_sums(tokens.float(), labels, 1) / count
+
+
 def _as_feature_map(out: Tensor, x: Tensor) -> Tensor:
     """:math:`(B, C', N)` -> :math:`(B, C', H, W)` of ``x``'s size, in ``x``'s layout.
 
@@ -67,7 +91,8 @@ def _check_positive(name: str, value: int):
 class DEGC(BaseModule):
     r"""Dynamic Efficient Graph Convolution.
 
-    For the tokens :math:`X \in \mathbb{R}^{N \times C}` of every image:
+    For the tokens :math:`X \in \mathbb{R}^{N \times C}` of every image, centred
+    (:math:`X - \bar{X}`, see ``center_tokens``):
 
     1. ``partition``: k-means into :math:`\kappa` clusters :math:`V^i` (no gradient);
     2. ``build_graph``: k-NN graph inside every cluster (L2-normalised features);
@@ -95,7 +120,20 @@ class DEGC(BaseModule):
         kmeans_tol (float, optional): early stop of k-means, see :func:`partition`.
         sync_free (bool, optional): never read a value back to the host (k-means runs
             every iteration, masked k-NN): what a GPU wants. ``None`` (default) picks it
-            for CUDA inputs. Requires ``graph_impl='dense'``.
+            for CUDA inputs with ``graph_impl='dense'``; the sparse path, whose edge list
+            has a data-dependent size, is never sync-free.
+        center_tokens (bool): subtract from every image's tokens their mean (over the
+            image's own tokens, batch padding excluded; no gradient through the mean)
+            before all four steps, as the authors' trained models do: their k-means
+            (torch_kmeans with ``normalize=True``) centres DEGC's token tensor in place,
+            so their k-NN, centroids and G-GCN all see centred tokens. The partition
+            does not change (k-means is translation invariant); the k-NN of normalised
+            features, the centroids and the G-GCN do. On by default; ``False`` is the
+            paper read literally.
+        detach_centroids (bool): no gradient reaches the tokens through the centroids
+            :math:`z` (the authors' centroids come out of k-means under ``no_grad``);
+            GATv2's own parameters still learn. On by default; ``False`` lets the
+            gradient flow through the cluster means too.
 
     Every step runs inside a ``torch.profiler.record_function`` range named
     ``degc.partition``, ``degc.build_graph``, ``degc.global_update`` and
@@ -106,7 +144,8 @@ class DEGC(BaseModule):
                  cluster_size: int = None, graph_conv: str = 'mrgcn', groups: int = 1,
                  graph_impl: str = 'dense',
                  kmeans_iters: int = 20, kmeans_init: str = 'grid', kmeans_tol: float = 0.0,
-                 sync_free: Optional[bool] = None, norm_cfg=dict(type='BN'),
+                 sync_free: Optional[bool] = None, center_tokens: bool = True,
+                 detach_centroids: bool = True, norm_cfg=dict(type='BN'),
                  act_cfg=dict(type='GELU'), init_cfg=None):
         super().__init__(init_cfg)
         _check_positive('num_clusters', num_clusters)
@@ -129,7 +168,11 @@ class DEGC(BaseModule):
         if sync_free and graph_impl != 'dense':
             raise ValueError("sync_free needs graph_impl='dense': the sparse path's edge list "
                              'has a data-dependent size')
-        self.sync_free = sync_free
+        # The sparse path reads sizes back to build its edge list: sync-free would only
+        # cost k-means its early stop, so None never picks it there, even on CUDA.
+        self.sync_free = False if graph_impl == 'sparse' else sync_free
+        self.center_tokens = center_tokens
+        self.detach_centroids = detach_centroids
         self.kmeans_cfg = dict(max_iters=kmeans_iters, init=kmeans_init, tol=kmeans_tol)
         self.global_update = GlobalUpdate(in_channels)
         self.local_update = build_local_update(graph_conv, in_channels, groups=groups,
@@ -149,12 +192,9 @@ class DEGC(BaseModule):
             Tensor: :math:`(B, 2C, H, W)`; with ``return_intermediates`` a tuple
             ``(output, DEGCIntermediates)``.
         """
-        tokens = as_tokens(x)
+        tokens = self.step_tokens(x, valid)
         sync_free = resolve_sync_free(self.sync_free, x)
-        with record_function('degc.partition'):
-            part = self.step_partition(tokens, valid, sync_free)
-        with record_function('degc.build_graph'):
-            graph = self.step_build_graph(tokens, part, sync_free)
+        part, graph = forward_graph(lambda: self._partition_and_graph(tokens, valid, sync_free))
         with record_function('degc.global_update'):
             centroids = self.step_global_update(tokens, part)
         with record_function('degc.local_update'):
@@ -163,8 +203,16 @@ class DEGC(BaseModule):
             return out, DEGCIntermediates(part, graph, centroids.values)
         return out
 
-    # The four steps of Algorithm 2, one method each (``forward`` runs them in order;
-    # mmcvig.analysis also times them one by one).
+    # The four steps of Algorithm 2, one method each, after the tokens are made
+    # (``forward`` runs them in order; mmcvig.analysis also times them one by one).
+    def step_tokens(self, x: Tensor, valid: Optional[Tensor]) -> Tensor:
+        """:math:`(B, C, H, W)` -> the tokens :math:`(B, N, C)` every step works on:
+        :func:`as_tokens`, centred per image with ``center_tokens``."""
+        tokens = as_tokens(x)
+        if not self.center_tokens:
+            return tokens
+        return tokens - image_means(tokens, valid).to(tokens.dtype)
+
     def step_partition(self, tokens: Tensor, valid: Optional[Tensor],
                        sync_free: bool) -> Partition:
         """k-means of the tokens :math:`(B, N, C)` of every image."""
@@ -180,7 +228,11 @@ class DEGC(BaseModule):
 
     def step_global_update(self, tokens: Tensor, part: Partition) -> TokenCentroids:
         """Updated centroids :math:`z'`, with the labels that give every token its own."""
-        z = self.global_update(cluster_means(tokens, part), part.counts > 0)
+        if self.detach_centroids:
+            tokens = tokens.detach()
+        with full_precision(tokens):  # sums of many half-precision tokens overflow
+            z = cluster_means(tokens.float(), part).to(tokens.dtype)
+        z = self.global_update(z, part.counts > 0)
         return TokenCentroids(z, part.labels)
 
     def step_local_update(self, x: Tensor, tokens: Tensor, graph: Union[Graph, SparseGraph],
@@ -192,6 +244,13 @@ class DEGC(BaseModule):
         else:
             out = self.local_update(tokens.transpose(1, 2), graph, centroids)
         return _as_feature_map(out, x)
+
+    def _partition_and_graph(self, tokens: Tensor, valid: Optional[Tensor], sync_free: bool):
+        with record_function('degc.partition'):
+            part = self.step_partition(tokens, valid, sync_free)
+        with record_function('degc.build_graph'):
+            graph = self.step_build_graph(tokens, part, sync_free)
+        return part, graph
 
     def clusters_for(self, num_tokens: int) -> int:
         """:math:`\\kappa` used for ``num_tokens`` tokens."""

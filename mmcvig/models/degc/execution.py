@@ -1,6 +1,10 @@
-"""How DEGC executes: static control flow while exporting or compiling, and no host
-read in the sync-free mode (the default for CUDA inputs)."""
-from typing import Optional
+"""How DEGC executes: static control flow while exporting or compiling, no host read in
+the sync-free mode (the default for CUDA inputs), float32 where autocast would lose the
+partition, and the forward's graphs reused when a checkpoint recomputes."""
+import collections
+import contextlib
+import threading
+from typing import Callable, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -14,6 +18,18 @@ def exporting() -> bool:
 def static_shapes() -> bool:
     """True while tracing, exporting or compiling: shapes must not depend on values."""
     return exporting() or torch.compiler.is_compiling()
+
+
+def full_precision(x: Tensor):
+    r"""A context in which autocast is off for ``x``'s device.
+
+    DEGC's arithmetic that learns nothing (k-means, the k-NN similarities, the cluster
+    sums and means) runs in float32 inside it: autocast would otherwise re-cast the
+    float32 inputs of ``baddbmm`` and ``@`` to float16 or bfloat16, where
+    :math:`\|c\|^2` overflows, sums of thousands of tokens overflow, and rounding
+    turns near ties into other labels and neighbours.
+    """
+    return torch.autocast(x.device.type, enabled=False)
 
 
 def resolve_sync_free(setting: Optional[bool], x: Tensor) -> bool:
@@ -44,3 +60,51 @@ def flat_index(index: Tensor, rows_per_image: int) -> Tensor:
     if offset is None:
         return index
     return index + offset.view(-1, *([1] * (index.dim() - 1)))
+
+
+class _Recompute(threading.local):
+    """Per thread: the partitions and graphs a checkpointed forward keeps, and whether
+    DEGC now runs in that forward (``record``) or in its recomputation (``replay``)."""
+    stack: list
+
+    def __init__(self):
+        self.stack = []
+
+
+_RECOMPUTE = _Recompute()
+
+
+@contextlib.contextmanager
+def _recompute_mode(store: collections.deque, mode: str):
+    _RECOMPUTE.stack.append((store, mode))
+    try:
+        yield
+    finally:
+        _RECOMPUTE.stack.pop()
+
+
+def keep_graphs_for_recompute():
+    """``context_fn`` for ``torch.utils.checkpoint.checkpoint(use_reentrant=False)``:
+    the recomputation in the backward reuses the partitions and graphs of the forward.
+
+    They carry no gradient, so recomputing them is wasted time, and it can be wrong:
+    k-means turns last-bit differences (CUDA's ``index_add`` is not bitwise
+    deterministic) into other labels at near ties, and the gradients would then belong
+    to another graph than the forward's.
+    """
+    store = collections.deque()
+    return _recompute_mode(store, 'record'), _recompute_mode(store, 'replay')
+
+
+def forward_graph(build: Callable[[], Tuple]) -> Tuple:
+    """``build()`` (the partition and the graph of a DEGC), except in the recomputation
+    of a checkpoint made with :func:`keep_graphs_for_recompute`, which takes the
+    forward's own, in the order the forward made them."""
+    if not _RECOMPUTE.stack:
+        return build()
+    store, mode = _RECOMPUTE.stack[-1]
+    if mode == 'replay':
+        return store.popleft()
+    result = build()
+    store.append(result)
+    return result

@@ -21,7 +21,7 @@ from mmcv.cnn import ConvModule
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 from torch_geometric.nn import MessagePassing
-from torch_scatter import scatter
+from torch_geometric.utils import scatter
 
 from ..layers import conv_norm_act, norm_act
 from .execution import flat_index, static_shapes
@@ -157,13 +157,26 @@ class _NeighborMax(torch.autograd.Function):
         return grad_rows.view(batch, num_tokens, channels).transpose(1, 2), None, None
 
 
+# Devices on which the max over neighbours is _NeighborMax rather than embedding_bag.
+NEIGHBOR_MAX_DEVICES = ('cpu', )
+
+
+def _neighbor_max_on(x: Tensor) -> bool:
+    """Whether the max over neighbours of ``x`` takes :class:`_NeighborMax`: on the CPU,
+    and in deterministic mode, where ``embedding_bag(mode='max')``'s backward raises on
+    CUDA (``_NeighborMax``'s ``scatter_add_`` has a deterministic CUDA kernel)."""
+    return (x.device.type in NEIGHBOR_MAX_DEVICES
+            or torch.are_deterministic_algorithms_enabled())
+
+
 def aggregate_neighbors(x: Tensor, graph: Graph, reduce: str) -> Tensor:
     """:math:`\\max_{u \\in \\mathcal{N}(v)} x_u` or :math:`\\sum_{u \\in \\mathcal{N}(v)} x_u`
     for every token, without the :math:`(B, N, K, C)` tensor of neighbour features.
 
     ``sum`` is ``F.embedding_bag``, weighted by the valid slots; its backward routes the
-    gradient to the summed rows. ``max`` is :class:`_NeighborMax` on the CPU and
-    ``embedding_bag`` on other devices, where its kernel is parallel; either sends the
+    gradient to the summed rows. ``max`` is :class:`_NeighborMax` on the CPU and in
+    deterministic mode, ``embedding_bag`` on other devices, where its kernel is
+    parallel; either sends the
     gradient to the winning row. ``max`` may see invalid slots: they repeat the token
     itself, always a neighbour. Memory and traffic of :math:`(B, N, C)`, not :math:`K`
     times that. While tracing or compiling (static graph, ONNX has no ``embedding_bag``)
@@ -184,7 +197,7 @@ def aggregate_neighbors(x: Tensor, graph: Graph, reduce: str) -> Tensor:
         return picked.amax(dim=2).transpose(1, 2)
     batch, channels, num_tokens = x.shape
     bags = flat_index(graph.neighbors, num_tokens).view(batch * num_tokens, -1)
-    if reduce == 'max' and x.device.type == 'cpu':
+    if reduce == 'max' and _neighbor_max_on(x):
         out = _NeighborMax.apply(x, bags, torch.is_grad_enabled() and x.requires_grad)
     else:
         rows = _token_rows(x)

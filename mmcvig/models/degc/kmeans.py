@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .execution import exporting, row_offsets
+from .execution import exporting, full_precision, row_offsets
 
 KMEANS_INITS = ('grid', 'random')
 
@@ -144,7 +144,8 @@ def partition(x: Tensor,
 
     Every image is clustered on its own: no statistic is shared across the batch, so an
     image's partition never depends on the other images. The arithmetic runs in float32
-    whatever the input dtype (distances in half precision reorder near ties).
+    whatever the input dtype and whatever autocast is on (distances in half precision
+    overflow and reorder near ties): the labels are those of a float32 run on ``x``.
 
     Args:
         x (Tensor): :math:`(B, N, C)` token features.
@@ -167,8 +168,9 @@ def partition(x: Tensor,
     """
     x = x.detach().float().contiguous()  # one copy here, not one per matmul below
     num_clusters_eff = min(num_clusters, x.shape[1])
-    centroids = _init_centroids(x, num_clusters_eff, init, valid)
-    labels, iters = _lloyd(x, centroids, valid, max_iters, tol, sync_free)
+    with full_precision(x):
+        centroids = _init_centroids(x, num_clusters_eff, init, valid)
+        labels, iters = _lloyd(x, centroids, valid, max_iters, tol, sync_free)
     if num_clusters_eff < num_clusters:  # padding is labelled kappa, not kappa_eff
         labels = labels.masked_fill(labels == num_clusters_eff, num_clusters)
     counts = one_hot_clusters(labels, num_clusters, torch.long).sum(1)

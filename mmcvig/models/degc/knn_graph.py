@@ -19,9 +19,10 @@ Two constructions of the same graph:
   message passing.
 
 All rank neighbours by Euclidean distance of L2-normalised features (equivalently by
-cosine similarity), always put the token itself first, and join every node of a cluster
-smaller than ``k``. Tokens of batch padding (label ``kappa``) are nobody's neighbour and
-have none. No gradient flows through the construction, as in ViG.
+cosine similarity, computed in float32 whatever autocast is on), always put the token
+itself first, and join every node of a cluster smaller than ``k``. Tokens of batch
+padding (label ``kappa``) are nobody's neighbour and have none. No gradient flows
+through the construction, as in ViG.
 """
 from typing import List, NamedTuple
 
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.utils import to_dense_batch
 
-from .execution import static_shapes
+from .execution import full_precision, static_shapes
 from .kmeans import Partition
 
 # Score given to a token's similarity with itself: above any cosine similarity (<= 1),
@@ -194,13 +195,14 @@ def build_graph(x: Tensor, part: Partition, k: int, method: str = 'auto') -> Gra
     """
     if method not in KNN_METHODS:
         raise ValueError(f'Unknown k-NN method {method!r}; expected one of {KNN_METHODS}')
-    feats = F.normalize(x.float(), dim=-1)
     if method == 'auto':
         large = x.shape[1] >= SEGMENT_MIN_TOKENS
         method = 'segments' if large and not static_shapes() else 'masked'
-    if method == 'masked':
-        return _knn_masked(feats, part.labels, part.counts.shape[1], k)
-    return _knn_segments(feats, part, k)
+    with full_precision(x):
+        feats = F.normalize(x.float(), dim=-1)
+        if method == 'masked':
+            return _knn_masked(feats, part.labels, part.counts.shape[1], k)
+        return _knn_segments(feats, part, k)
 
 
 @torch.no_grad()
@@ -221,6 +223,12 @@ def build_graph_sparse(x: Tensor, part: Partition, k: int):
         :math:`(2, E)` (row 0 source = neighbour, row 1 target = node), both indexing
         arranged nodes.
     """
+    with full_precision(x):
+        return _knn_sparse(x, part, k)
+
+
+def _knn_sparse(x: Tensor, part: Partition, k: int):
+    """:func:`build_graph_sparse` in float32."""
     batch, num_tokens, channels = x.shape
     num_clusters = part.counts.shape[1]
     arranged = arrange_by_partition(part)

@@ -50,7 +50,9 @@ class ClusterViGClsHead(ClsHead):
         x = feats[-1]
         if x.dim() == 2:
             x = x[..., None, None]
-        x = F.adaptive_avg_pool2d(x, 1)
+        # A mean rather than adaptive_avg_pool2d, whose backward raises on CUDA under
+        # torch.use_deterministic_algorithms(True).
+        x = x.mean((2, 3), keepdim=True)
         return self.dropout(self.hidden(x).flatten(1))
 
     def forward(self, feats: Tuple[Tensor]) -> Union[Tensor, Tuple[Tensor, Tensor]]:
