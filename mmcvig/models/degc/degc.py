@@ -7,7 +7,7 @@ from torch import Tensor
 from torch.profiler import record_function
 
 from .centroid_attention import GlobalUpdate, cluster_means
-from .execution import forward_graph, full_precision, resolve_sync_free
+from .execution import at_least_float32, forward_graph, full_precision, resolve_sync_free
 from .graph_conv import TokenCentroids, build_local_update
 from .kmeans import KMEANS_INITS, Partition, cluster_sums, partition
 from .knn_graph import ArrangedTokens, Graph, build_graph, build_graph_sparse
@@ -48,7 +48,8 @@ def as_tokens(x: Tensor) -> Tensor:
 
 @torch.no_grad()
 def image_means(tokens: Tensor, valid: Optional[Tensor] = None) -> Tensor:
-    """:math:`(B, 1, C)` mean of every image's own tokens, in float32, no gradient.
+    """:math:`(B, 1, C)` mean of every image's own tokens, in float32 or wider, no
+    gradient.
 
     Summed token by token in input order (:func:`~.kmeans.cluster_sums` with a single
     cluster; padding adds into a dropped row), so an image alone and the same image
@@ -60,14 +61,15 @@ def image_means(tokens: Tensor, valid: Optional[Tensor] = None) -> Tensor:
         valid (BoolTensor, optional): :math:`(B, N)` False for batch padding.
     """
     batch, num_tokens, _ = tokens.shape
+    tokens = at_least_float32(tokens)
     if valid is None:
         labels = tokens.new_zeros(batch, num_tokens, dtype=torch.long)
-        count = tokens.new_full((batch, 1, 1), num_tokens, dtype=torch.float32)
+        count = tokens.new_full((batch, 1, 1), num_tokens)
     else:
         labels = (~valid).long()  # 1: the dropped row
-        count = valid.sum(1).view(-1, 1, 1).float()
+        count = valid.sum(1).view(-1, 1, 1).to(tokens.dtype)
     with full_precision(tokens):
-        return cluster_sums(tokens.float(), labels, 1) / count
+        return cluster_sums(tokens, labels, 1) / count
 
 
 def _as_feature_map(out: Tensor, x: Tensor) -> Tensor:
@@ -231,7 +233,7 @@ class DEGC(BaseModule):
         if self.detach_centroids:
             tokens = tokens.detach()
         with full_precision(tokens):  # sums of many half-precision tokens overflow
-            z = cluster_means(tokens.float(), part).to(tokens.dtype)
+            z = cluster_means(at_least_float32(tokens), part).to(tokens.dtype)
         z = self.global_update(z, part.counts > 0)
         return TokenCentroids(z, part.labels)
 

@@ -32,6 +32,12 @@ def full_precision(x: Tensor):
     return torch.autocast(x.device.type, enabled=False)
 
 
+def at_least_float32(x: Tensor) -> Tensor:
+    """``x`` in float32 if its dtype is narrower (float16, bfloat16); float32 and float64
+    as they are, so a float64 run (a parity check) keeps float64 throughout."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 def resolve_sync_free(setting: Optional[bool], x: Tensor) -> bool:
     """The sync-free mode for input ``x``: ``setting``, or for ``None`` whether ``x`` is
     on CUDA; always on while compiling or exporting, which need static control flow."""

@@ -19,10 +19,10 @@ Two constructions of the same graph:
   message passing.
 
 All rank neighbours by Euclidean distance of L2-normalised features (equivalently by
-cosine similarity, computed in float32 whatever autocast is on), always put the token
-itself first, and join every node of a cluster smaller than ``k``. Tokens of batch
-padding (label ``kappa``) are nobody's neighbour and have none. No gradient flows
-through the construction, as in ViG.
+cosine similarity, computed in float32, or float64 for float64 input, whatever
+autocast is on), always put the token itself first, and join every node of a cluster
+smaller than ``k``. Tokens of batch padding (label ``kappa``) are nobody's neighbour and
+have none. No gradient flows through the construction, as in ViG.
 """
 from typing import List, NamedTuple
 
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.utils import to_dense_batch
 
-from .execution import full_precision, static_shapes
+from .execution import at_least_float32, full_precision, static_shapes
 from .kmeans import Partition
 
 # Score given to a token's similarity with itself: above any cosine similarity (<= 1),
@@ -199,7 +199,7 @@ def build_graph(x: Tensor, part: Partition, k: int, method: str = 'auto') -> Gra
         large = x.shape[1] >= SEGMENT_MIN_TOKENS
         method = 'segments' if large and not static_shapes() else 'masked'
     with full_precision(x):
-        feats = F.normalize(x.float(), dim=-1)
+        feats = F.normalize(at_least_float32(x), dim=-1)
         if method == 'masked':
             return _knn_masked(feats, part.labels, part.counts.shape[1], k)
         return _knn_segments(feats, part, k)
@@ -232,7 +232,7 @@ def _knn_sparse(x: Tensor, part: Partition, k: int):
     batch, num_tokens, channels = x.shape
     num_clusters = part.counts.shape[1]
     arranged = arrange_by_partition(part)
-    feats = F.normalize(x.float(), dim=-1).reshape(-1, channels)[arranged.order]
+    feats = F.normalize(at_least_float32(x), dim=-1).reshape(-1, channels)[arranged.order]
     real = (arranged.batch % (num_clusters + 1)) < num_clusters
     dense, mask = to_dense_batch(feats[real], arranged.batch[real],
                                  batch_size=batch * (num_clusters + 1))
