@@ -25,6 +25,10 @@ from mmcvig.datasets.checks import check_data  # noqa: E402
 from mmcvig.engine.scope import (add_launcher_args, export_local_rank,  # noqa: E402
                                  register_modules, scope_of)
 
+AMP_DTYPES = ('float16', 'bfloat16')
+# What makes a config a detector's (with default_scope='mmdet').
+DETECTOR_HEADS = ('rpn_head', 'roi_head', 'bbox_head')
+
 
 def parse_args():
     parser = argparse.ArgumentParser(description='Train a model with mmcvig')
@@ -35,6 +39,11 @@ def parse_args():
         action='store_true',
         default=False,
         help='enable automatic-mixed-precision training')
+    parser.add_argument(
+        '--amp-dtype',
+        choices=AMP_DTYPES,
+        help='the dtype --amp autocasts to (default: float16 on GPUs, as mmengine; '
+        'bfloat16 on the CPU, which runs it natively); float16 scales the loss')
     parser.add_argument(
         '--auto-scale-lr',
         action='store_true',
@@ -59,28 +68,69 @@ def parse_args():
         'is allowed.')
     add_launcher_args(parser)
     args = parser.parse_args()
+    if args.amp_dtype is not None and not args.amp:
+        parser.error('--amp-dtype applies to --amp only')
     export_local_rank(args)
     return args
 
 
-def enable_amp(cfg):
+def enable_amp(cfg, dtype=None):
+    """Mixed precision in ``dtype`` ('float16', 'bfloat16' or None for the device's
+    default): mmengine's AmpOptimWrapper on an accelerator, CPUAmpOptimWrapper on the
+    CPU; float16 with dynamic loss scaling on both. On the CPU a detector autocasts its
+    backbone and neck only (:func:`autocast_detector_trunk`)."""
     optim_wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
-    if optim_wrapper == 'AmpOptimWrapper':
+    if optim_wrapper in ('AmpOptimWrapper', 'CPUAmpOptimWrapper'):
         print_log('AMP training is already enabled in your config.',
                   logger='current', level=logging.WARNING)
+        if dtype is not None:  # the command line wins over the config
+            cfg.optim_wrapper.dtype = dtype
+        if optim_wrapper == 'CPUAmpOptimWrapper':
+            autocast_detector_trunk(cfg)
         return
     assert optim_wrapper == 'OptimWrapper', (
         '`--amp` is only supported when the optimizer wrapper type is '
         f'`OptimWrapper` but got {optim_wrapper}.')
     if get_device() == 'cpu':
-        # mmengine 0.10.7's AmpOptimWrapper asserts an accelerator: autocast to
-        # bfloat16 on the CPU instead (see mmcvig.engine.CPUAmpOptimWrapper).
-        print_log('--amp on the CPU: bfloat16 autocast with CPUAmpOptimWrapper.',
+        # mmengine 0.10.7's AmpOptimWrapper asserts an accelerator: autocast on the CPU
+        # with mmcvig.engine.CPUAmpOptimWrapper instead, bfloat16 unless asked.
+        dtype = dtype or 'bfloat16'
+        scaling = ' and dynamic loss scaling' if dtype == 'float16' else ''
+        print_log(f'--amp on the CPU: {dtype} autocast{scaling} with CPUAmpOptimWrapper.',
                   logger='current', level=logging.WARNING)
         cfg.optim_wrapper.type = 'CPUAmpOptimWrapper'
+        cfg.optim_wrapper.dtype = dtype
+        if dtype == 'float16':
+            cfg.optim_wrapper.loss_scale = 'dynamic'
+        autocast_detector_trunk(cfg)
     else:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.loss_scale = 'dynamic'
+        if dtype is not None:  # else mmengine's default: float16 on CUDA
+            cfg.optim_wrapper.dtype = dtype
+
+
+def is_detector(cfg) -> bool:
+    """Whether ``cfg`` builds an mmdet detector: its default scope is mmdet (see
+    mmcvig.engine.scope.scope_of), or its model has an RPN, RoI or box head."""
+    model = cfg.get('model') or {}
+    return (cfg.get('default_scope') == 'mmdet'
+            or any(head in model for head in DETECTOR_HEADS))
+
+
+def autocast_detector_trunk(cfg):
+    """CPUAmpOptimWrapper autocasting a detector's backbone and neck only (unless the
+    config names its own ``autocast_modules``): the heads then run in float32, as mmcv
+    2.1's CPU NMS and RoIAlign require."""
+    model = cfg.get('model') or {}
+    modules = tuple(name for name in ('backbone', 'neck') if name in model)
+    if not is_detector(cfg) or not modules or 'autocast_modules' in cfg.optim_wrapper:
+        return
+    print_log(f'--amp on the CPU: the detector autocasts its {" and ".join(modules)} '
+              "only, its heads run in float32 (mmcv's CPU NMS and RoIAlign kernels take "
+              "float32 only; on CUDA, mmengine's AmpOptimWrapper autocasts the whole "
+              'detector).', logger='current', level=logging.WARNING)
+    cfg.optim_wrapper.autocast_modules = modules
 
 
 def enable_cpu_distributed(cfg):
@@ -102,7 +152,7 @@ def merge_args(cfg, args):
                                 osp.splitext(osp.basename(args.config))[0])
 
     if args.amp:
-        enable_amp(cfg)
+        enable_amp(cfg, args.amp_dtype)
     if args.launcher != 'none' and get_device() == 'cpu':
         enable_cpu_distributed(cfg)
 
