@@ -220,3 +220,48 @@ def test_partition_records_are_the_forwards():
         # slot 0 is the token itself; every valid neighbour lies in the token's cluster
         assert torch.equal(nbrs[:, 0], torch.arange(len(labels)))
         assert bool((labels[nbrs] == labels[:, None])[valid].all())
+
+
+def test_autocast_error_as_built_and_calibrated(runner):
+    candidates = analysis.with_peers([analysis.cvig_candidate(MINI)], ['pvig'], 'tiny')
+    rows = analysis.measure_autocast_error(runner, candidates, img_size=224)
+    assert [(r['model'], r['bn']) for r in rows] == [
+        (name, bn) for name in ('CViG-custom', 'PViG-Ti') for bn in ('as built', 'calibrated')]
+    for r in rows:
+        assert r['float32_max'] > 0
+        assert all(0 <= r[f'error_{d}'] < 10 or np.isnan(r[f'error_{d}'])
+                   for d in ('float16', 'bfloat16'))
+        assert r['error_bfloat16'] > 0  # autocast did change something
+
+
+def test_calibrated_norms_hold_the_batch_statistics():
+    torch.manual_seed(0)
+    model = ClusterViG(MINI).eval()
+    x = torch.randn(2, 3, 64, 64)
+    stem_bn = model.stem[0].bn
+    analysis.calibrate_norms(model, x)
+    assert not model.training
+    with torch.no_grad():
+        first = model.stem[0].conv(x)
+    torch.testing.assert_close(stem_bn.running_mean, first.mean((0, 2, 3)))
+    torch.testing.assert_close(stem_bn.running_var, first.var((0, 2, 3)))
+
+
+def test_autocast_inside_degc_reaches_the_float32_steps():
+    """The comparison of the float32 overhead is against a forward in which autocast
+    really reaches k-means and the k-NN: their matmuls then run in bfloat16."""
+    from mmcvig.models.degc import partition
+    tokens = 100 + torch.randn(1, 64, 8, generator=torch.Generator().manual_seed(0))
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        exact = partition(tokens, 4).labels
+        with analysis.autocast_inside_degc():
+            rounded = partition(tokens, 4).labels
+        assert torch.equal(partition(tokens, 4).labels, exact)  # restored on exit
+    assert not torch.equal(rounded, exact)
+
+
+def test_float32_overhead_times_both_forwards(runner):
+    row = analysis.measure_float32_overhead(runner, analysis.detection_cvig_candidate(MINI),
+                                            64, 96, warmup=0, repeats=2)
+    assert row['dtype'] == 'bfloat16' and row['shipped_s'] > 0 and row['low_precision_s'] > 0
+    assert row['overhead_share'] == pytest.approx(1 - row['low_precision_s'] / row['shipped_s'])

@@ -46,6 +46,7 @@ def test_benchmark_cli_writes_every_table(tmp_path):
              '--batch-sizes', '1', '2', '--img-size', '64', '--sizes', '64', '128',
              '--cluster-size', '16', '--profile', '64', '64x96,2', '--op-table', '2',
              '--detection', '--detection-peers', 'ResNet-50', '--detection-size', '64x96',
+             '--float32-overhead', '64x96',
              '--warmup', '0', '--repeats', '2', '--threads', '1', '--out-dir', out)
     files = {'benchmark.json', 'throughput.csv', 'throughput.png', 'scaling.csv',
              'scaling.png', 'profile.csv', 'detection_inference.csv', 'detection_train.csv'}
@@ -56,6 +57,7 @@ def test_benchmark_cli_writes_every_table(tmp_path):
     saved = json.loads((out / 'benchmark.json').read_text())
     assert saved['machine']['threads'] == 1
     assert 'targets' not in saved  # targets live in the README, not in the tool
+    assert saved['float32_overhead']['dtype'] == 'bfloat16'
     assert [(r['model'], r['batch']) for r in read_csv(out / 'throughput.csv')] == [
         ('CViG-custom', '1'), ('CViG-custom', '2')]
     assert {(r['model'], r['tokens']) for r in saved['scaling']} == {

@@ -13,6 +13,11 @@ so every ratio in the output shares the machine's noise:
   from the steps' ``torch.profiler`` ranges and, without a profiler, from every step
   re-run on its own; k-means iterations from the forward's intermediates;
   ``--op-table N`` lists the N costliest operators of every step;
+* autocast error (``--autocast-error``): relative error of each model's output under
+  float16 and bfloat16 autocast against float32, beside Vig and PyramidVig, with
+  BatchNorm as built and calibrated (see :mod:`mmcvig.analysis.precision`);
+* float32 overhead (``--float32-overhead 800x1344``): what keeping DEGC's k-means,
+  k-NN and cluster means in float32 costs a forward under autocast;
 * detection (``--detection inference train``): the backbones as the detection configs
   build them (``--arch`` sizes; mmdet's ResNet-50, Swin-T, PVTv2-b2 beside them), at
   1x3x800x1344 in inference and 2x3x800x1344 forward + backward, time and peak memory.
@@ -26,6 +31,9 @@ Examples:
   # detection scale: inference and training tables of CViG-Ti/S and mmdet's backbones
   python tools/analysis_tools/benchmark.py --arch tiny small --batch-sizes \\
       --detection inference train --warmup 1 --repeats 3 --threads 2
+  # mixed-precision error of CViG-Ti/S/B against Vig/PViG of the same size, at 224
+  python tools/analysis_tools/benchmark.py --arch tiny small base --batch-sizes \
+      --autocast-error --threads 2
   # the backbone of a config (peers matched by its arch)
   python tools/analysis_tools/benchmark.py configs/cvig-ti_8xb128_in1k.py
 """
@@ -115,6 +123,16 @@ def print_profile(rows: List[dict]):
             print(f'    {step:<14s} {listed}')
 
 
+def print_autocast_error(rows: List[dict]):
+    print('autocast error: ||out - out_fp32|| / ||out_fp32|| of the last output '
+          '(nan: not finite)')
+    for r in rows:
+        errors = '  '.join(f'{k[len("error_"):]} {r[k]:7.4f}' for k in r
+                           if k.startswith('error_'))
+        print(f'  {r["model"]:<10s} BN {r["bn"]:<11s} float32 max {r["float32_max"]:10.4g}  '
+              f'{errors}')
+
+
 def print_detection(mode: str, rows: List[dict]):
     r0 = rows[0]
     print(f'detection scale, {mode}: {r0["batch"]}x3x{r0["height"]}x{r0["width"]}, '
@@ -136,6 +154,8 @@ SCALING_COLUMNS = ('model', 'img_size', 'tokens', 'kappa', 'batch', 'ms_per_imag
                    'time_ratio', 'token_ratio')
 PROFILE_COLUMNS = ('model', 'height', 'width', 'batch', 'tokens', 'kappa', 'step', 'ms',
                    'share', 'isolated_ms', 'isolated_share')
+AUTOCAST_COLUMNS = ('model', 'family', 'bn', 'img_size', 'batch', 'float32_max',
+                    'error_float16', 'error_bfloat16')
 DETECTION_COLUMNS = ('model', 'family', 'mode', 'batch', 'height', 'width', 'median_s',
                      'q1_s', 'q3_s', 'min_s', 'max_s', 'repeats', 'reference', 'relative',
                      'peak_mb', 'step_peak_mb', 'state_mb', 'memory_relative')
@@ -281,6 +301,9 @@ def write_outputs(results: dict, out_dir: str):
     if results.get('profile'):
         write_csv(osp.join(out_dir, 'profile.csv'), profile_csv_rows(results['profile']),
                   PROFILE_COLUMNS)
+    if results.get('autocast_error'):
+        write_csv(osp.join(out_dir, 'autocast_error.csv'), results['autocast_error'],
+                  AUTOCAST_COLUMNS)
     for mode, rows in (results.get('detection') or {}).items():
         write_csv(osp.join(out_dir, f'detection_{mode}.csv'), rows, DETECTION_COLUMNS)
     with open(osp.join(out_dir, 'benchmark.json'), 'w') as f:
@@ -334,6 +357,13 @@ def parse_args(argv=None):
                         '(default 1), e.g. 224 224,32 800x1333')
     parser.add_argument('--op-table', type=int, default=0,
                         help='list the N costliest operators of every step (profiler)')
+    parser.add_argument('--autocast-error', action='store_true',
+                        help='relative error under float16 and bfloat16 autocast against '
+                        'float32, at --img-size, batch 2, beside the peers')
+    parser.add_argument('--float32-overhead', type=parse_input, metavar='HxW',
+                        help='inference under autocast (bf16 on CPU, fp16 on GPU) of the '
+                        'first --arch as the detection config builds it, with DEGC\'s '
+                        'float32 steps against autocast reaching them, e.g. 800x1344')
     parser.add_argument('--detection', nargs='*', choices=DETECTION_MODES,
                         help='detection-scale tables of the --arch backbones as the '
                         'detection configs build them, beside --detection-peers (the flag '
@@ -390,6 +420,21 @@ def run(args, runner: analysis.Runner) -> dict:
                                                       args.img_size, op_top=args.op_table,
                                                       **timing)
         print_profile(results['profile'])
+    if args.autocast_error:
+        results['autocast_error'] = analysis.measure_autocast_error(
+            runner, with_peers(ours, args), args.img_size)
+        print_autocast_error(results['autocast_error'])
+    if args.float32_overhead:
+        height, width, _ = args.float32_overhead
+        candidate = analysis.detection_cvig_candidate(detection_archs(args)[0],
+                                                      args.backbone_options)
+        row = analysis.measure_float32_overhead(runner, candidate, height, width, **timing)
+        results['float32_overhead'] = row
+        print(f'{row["model"]} {height}x{width} under {row["dtype"]} autocast: '
+              f'{row["shipped_s"]:.3f} s with DEGC\'s float32 steps, '
+              f'{row["low_precision_s"]:.3f} s without: the float32 steps cost '
+              f'{100 * row["overhead_share"]:.1f}% of the forward (paired ratio '
+              f'x{row["paired"]["paired_median"]:.3f})')
     if args.detection is not None:
         candidates = analysis.detection_candidates(detection_archs(args), args.detection_peers,
                                                    args.backbone_options)
