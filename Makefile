@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # What flake8 and isort check, with the settings of setup.cfg.
 LINT_PATHS = mmcvig tools tests configs setup.py
 
-.PHONY: env test lint demo demo-cls clean
+.PHONY: env test lint demo demo-cls gpu-check gpu-wheels clean
 
 env:
 	MMCVIG_VENV="$(VENV)" bash tools/setup_env.sh
@@ -33,6 +33,22 @@ demo: env
 # The classification counterpart of the demo (toy data set, train, test, top-1).
 demo-cls: env
 	PYTHON="$(PYTHON)" bash tools/demo_cls.sh
+
+# The GPU check (docs/gpu.md): CUDA tests, Table VI throughput and the detection-scale
+# cost on one GPU in at most 8 minutes; gpu_check.json and gpu_check.md go to OUT (an
+# OUT in the environment counts too). It builds no .venv/ (no network there): it runs
+# .venv's interpreter where there is one, else python3 (the machine's torch, with the
+# wheels of `make gpu-wheels` on PYTHONPATH). GPU_CHECK_ARGS: more arguments, e.g.
+# --dry-run (a CPU run at tiny sizes) or --budget-s 300.
+OUT ?= work_dirs/gpu_check
+GPU_CHECK_PYTHON ?= $(if $(wildcard $(PYTHON)),$(PYTHON),python3)
+GPU_CHECK_ARGS ?=
+gpu-check:
+	"$(GPU_CHECK_PYTHON)" tools/gpu_check.py --out-dir "$(OUT)" $(GPU_CHECK_ARGS)
+
+# The wheels that travel to a GPU machine without network, into .whl/ (git-ignored).
+gpu-wheels:
+	bash tools/gpu_wheels.sh
 
 # Leaves .venv/ alone: rebuilding it compiles mmcv (minutes). `rm -rf .venv` for that.
 clean:
