@@ -87,6 +87,8 @@ log "OpenMMLab stack, PyG, test tools"
 log "mmcvig (editable)"
 "${PIP[@]}" --no-deps --no-build-isolation -e "$ROOT"
 
-"$PY" -c "import mmcv.ops, mmdet, mmpretrain.models, torch_geometric, torch_scatter, mmcvig"
+# mmseg.models: mmsegmentation imports packages it does not declare (ftfy, regex).
+"$PY" -c "import mmcv.ops, mmdet, mmpretrain.models, mmseg.models, torch_geometric, \
+    torch_scatter, mmcvig"
 fingerprint > "$STAMP"
 log "environment ready ($VENV)"
