@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # What flake8 and isort check, with the settings of setup.cfg.
 LINT_PATHS = mmcvig tools tests configs setup.py
 
-.PHONY: env test lint demo demo-cls gpu-check gpu-wheels clean
+.PHONY: env test lint demo demo-cls demo-seg gpu-check gpu-wheels clean
 
 env:
 	MMCVIG_VENV="$(VENV)" bash tools/setup_env.sh
@@ -33,6 +33,10 @@ demo: env
 # The classification counterpart of the demo (toy data set, train, test, top-1).
 demo-cls: env
 	PYTHON="$(PYTHON)" bash tools/demo_cls.sh
+
+# The semantic segmentation counterpart (toy scenes, Semantic FPN, mIoU).
+demo-seg: env
+	PYTHON="$(PYTHON)" bash tools/demo_seg.sh
 
 # The GPU check (docs/gpu.md): CUDA tests, Table VI throughput and the detection-scale
 # cost on one GPU in at most 8 minutes; gpu_check.json and gpu_check.md go to OUT (an

@@ -1,8 +1,10 @@
 # Copyright (c) OpenMMLab. All rights reserved. Adapted for mmcvig.
-"""Test (and evaluate) a detector (``default_scope='mmdet'``) or a classifier
-(``default_scope='mmpretrain'``) with mmengine's Runner.
+"""Test (and evaluate) a detector (``default_scope='mmdet'``), a classifier
+(``default_scope='mmpretrain'``) or a semantic segmentor (``default_scope='mmseg'``) with
+mmengine's Runner.
 
-The command line is the one of mmdet's and mmpretrain's ``tools/test.py``.
+The command line is the one of mmdet's and mmpretrain's ``tools/test.py``; mmseg's
+differs in ``--out``, which here, as for the others, pickles the predictions.
 """
 import argparse
 import os.path as osp
@@ -15,13 +17,16 @@ from copy import deepcopy
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from mmengine.config import Config, ConfigDict, DictAction  # noqa: E402
+from mmengine.device import get_device  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 import mmcvig  # noqa: E402,F401  (applies mmcvig.compat)
+from mmcvig.compat import init_dist_without_cuda  # noqa: E402
 from mmcvig.datasets.checks import check_data  # noqa: E402
-from mmcvig.engine.scope import (add_launcher_args, export_local_rank,  # noqa: E402
-                                 register_modules, scope_of)
+from mmcvig.datasets.seg_checks import add_seg_data_check  # noqa: E402
+from mmcvig.engine.scope import (add_launcher_args, enable_cpu_distributed,  # noqa: E402
+                                 export_local_rank, register_modules, scope_of)
 
 
 def parse_args():
@@ -75,11 +80,16 @@ def enable_visualization(cfg, args, scope):
     hook = hooks.visualization
     hook.show = args.show
     hook.wait_time = args.wait_time
-    # mmdet's and mmpretrain's VisualizationHook name the same switches differently.
+    # mmdet's, mmseg's and mmpretrain's VisualizationHook name the same switches
+    # differently.
     if scope == 'mmdet':
         hook.draw = True
         if args.show_dir:
             hook.test_out_dir = args.show_dir
+    elif scope == 'mmseg':
+        hook.draw = True
+        if args.show_dir:  # as mmseg's test.py: the visualiser saves the drawings
+            cfg.visualizer.save_dir = args.show_dir
     else:
         hook.enable = True
         hook.out_dir = args.show_dir
@@ -94,6 +104,8 @@ def innermost_dataset(dataset_cfg):
 
 def default_tta(test_pipeline, scope):
     """Flip TTA as mmdet's and mmpretrain's test.py set it up: (tta_model, tta_pipeline)."""
+    if scope == 'mmseg':
+        return dict(type='SegTTAModel'), seg_flip_tta(test_pipeline)
     if scope == 'mmdet':
         tta_model = dict(
             type='DetTTAModel',
@@ -111,6 +123,18 @@ def default_tta(test_pipeline, scope):
         transforms=[[dict(type='RandomFlip', prob=1.), dict(type='RandomFlip', prob=0.)],
                     [pack]])
     return tta_model, tta_pipeline
+
+
+def seg_flip_tta(test_pipeline):
+    """The test pipeline with the image and its mirror image, for mmseg's SegTTAModel.
+    The label map loads after the flip, as in mmseg's tta_pipelines: SegTTAModel turns
+    the mirrored prediction back and scores it against the label map as stored."""
+    steps = [t for t in test_pipeline[:-1] if t['type'] != 'LoadAnnotations']
+    loads = [t for t in test_pipeline if t['type'] == 'LoadAnnotations']
+    flips = [dict(type='RandomFlip', prob=prob, direction='horizontal') for prob in (0., 1.)]
+    return deepcopy(steps) + [dict(type='TestTimeAug',
+                                   transforms=[flips, *([t] for t in deepcopy(loads)),
+                                               [test_pipeline[-1]]])]
 
 
 def enable_tta(cfg, scope):
@@ -145,6 +169,8 @@ def merge_args(cfg, args, scope):
         cfg.work_dir = osp.join('./work_dirs',
                                 osp.splitext(osp.basename(args.config))[0])
     cfg.load_from = args.checkpoint
+    if args.launcher != 'none' and get_device() == 'cpu':
+        enable_cpu_distributed(cfg)
 
     if args.show or args.show_dir:
         enable_visualization(cfg, args, scope)
@@ -162,7 +188,11 @@ def main():
     register_modules(scope)
     cfg = merge_args(cfg, args, scope)
     check_data(cfg, ('test_dataloader', ))  # says where a missing data set must go
+    if scope == 'mmseg':  # label maps of another size or with stray values: named early
+        add_seg_data_check(cfg)
 
+    # As in tools/train.py: mmengine cannot start torchrun processes without a GPU.
+    init_dist_without_cuda(cfg.launcher, **cfg.get('env_cfg', {}).get('dist_cfg', {}))
     if 'runner_type' not in cfg:
         runner = Runner.from_cfg(cfg)
     else:

@@ -1,8 +1,9 @@
 # Copyright (c) OpenMMLab. All rights reserved. Adapted for mmcvig.
-"""Train a detector (``default_scope='mmdet'``) or a classifier
-(``default_scope='mmpretrain'``) with mmengine's Runner.
+"""Train a detector (``default_scope='mmdet'``), a classifier
+(``default_scope='mmpretrain'``) or a semantic segmentor (``default_scope='mmseg'``) with
+mmengine's Runner.
 
-The command line is the one of mmdet's and mmpretrain's ``tools/train.py``.
+The command line is the one of mmdet's, mmpretrain's and mmseg's ``tools/train.py``.
 """
 import argparse
 import logging
@@ -22,8 +23,9 @@ from mmengine.runner import Runner  # noqa: E402
 import mmcvig  # noqa: E402,F401  (applies mmcvig.compat)
 from mmcvig.compat import init_dist_without_cuda  # noqa: E402
 from mmcvig.datasets.checks import check_data  # noqa: E402
-from mmcvig.engine.scope import (add_launcher_args, export_local_rank,  # noqa: E402
-                                 register_modules, scope_of)
+from mmcvig.datasets.seg_checks import add_seg_data_check  # noqa: E402
+from mmcvig.engine.scope import (add_launcher_args, enable_cpu_distributed,  # noqa: E402
+                                 export_local_rank, register_modules, scope_of)
 
 AMP_DTYPES = ('float16', 'bfloat16')
 # What makes a config a detector's (with default_scope='mmdet').
@@ -133,15 +135,6 @@ def autocast_detector_trunk(cfg):
     cfg.optim_wrapper.autocast_modules = modules
 
 
-def enable_cpu_distributed(cfg):
-    """Distributed training without GPUs: gloo instead of nccl, and a DDP wrapper that
-    accepts a CPU module (see mmcvig.engine.CPUDistributedDataParallel)."""
-    cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = 'gloo'
-    wrapper = dict(cfg.get('model_wrapper_cfg') or {})  # keeps e.g. find_unused_parameters
-    wrapper['type'] = 'CPUDistributedDataParallel'
-    cfg.model_wrapper_cfg = wrapper
-
-
 def merge_args(cfg, args):
     """Apply the rest of the command line to the config (CLI > config > defaults)."""
     cfg.launcher = args.launcher
@@ -182,11 +175,14 @@ def main():
     # First, as it may change default_scope.
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
-    register_modules(scope_of(cfg))
+    scope = scope_of(cfg)
+    register_modules(scope)
     cfg = merge_args(cfg, args)
     # Before the Runner: a missing data set then says where it must go.
     check_data(cfg, ('train_dataloader', 'val_dataloader') if cfg.get('val_cfg') else
                ('train_dataloader', ))
+    if scope == 'mmseg':  # label maps of another size or with stray values: named early
+        add_seg_data_check(cfg)
 
     # mmengine 0.10.7 cannot start torchrun processes without a GPU (mmcvig/compat.py):
     # start them here, and the Runner keeps the process group it finds.

@@ -19,7 +19,8 @@ def missing_data(cfg, loaders=LOADERS) -> list:
     """Local paths that the datasets of ``cfg``'s ``loaders`` read and that do not exist.
 
     Checks each dataset's annotation file (``data_root`` + ``ann_file``) or, for folder
-    datasets without one, its ``data_root`` / ``data_prefix``. Datasets with
+    datasets without one, its ``data_root`` / ``data_prefix`` folders (images, and label
+    maps for mmseg). Datasets with
     ``backend_args`` (remote storage) are skipped.
     """
     missing = []
@@ -31,13 +32,18 @@ def missing_data(cfg, loaders=LOADERS) -> list:
                 continue
             root = dataset.get('data_root') or ''
             ann_file = dataset.get('ann_file')
-            prefix = dataset.get('data_prefix')
-            if isinstance(prefix, dict):
-                prefix = prefix.get('img') or prefix.get('img_path')
-            path = osp.join(root, ann_file) if ann_file else osp.join(root, prefix or '')
-            if path and not osp.exists(path):
-                missing.append((loader, path, root))
+            paths = [osp.join(root, ann_file)] if ann_file else \
+                [osp.join(root, p) for p in _prefixes(dataset.get('data_prefix'))]
+            missing += [(loader, path, root) for path in paths if path and not osp.exists(path)]
     return missing
+
+
+def _prefixes(prefix) -> list:
+    """The folders a dataset without an annotation file lists: mmpretrain's string
+    prefix, mmdet's ``img``, mmseg's ``img_path`` and ``seg_map_path`` (label maps)."""
+    if isinstance(prefix, dict):
+        return [prefix[k] for k in ('img', 'img_path', 'seg_map_path') if prefix.get(k)] or ['']
+    return [prefix or '']
 
 
 def check_data(cfg, loaders=LOADERS):
@@ -54,7 +60,8 @@ def check_data(cfg, loaders=LOADERS):
     raise FileNotFoundError(
         'The data set of this config is not where the config expects it:\n' +
         '\n'.join(lines) + '\n' +
-        (f'Put it under {", ".join(roots)} (layouts: docs/detection.md#coco and '
-         'docs/classification.md#data) or point the config elsewhere, e.g. --cfg-options '
-         'train_dataloader.dataset.data_root=PATH/ (and the val/test loaders, evaluator).'
+        (f'Put it under {", ".join(roots)} (layouts: docs/detection.md#coco, '
+         'docs/classification.md#data, docs/segmentation.md) or point the config '
+         'elsewhere, e.g. --cfg-options train_dataloader.dataset.data_root=PATH/ (and '
+         'the val/test loaders, evaluator).'
          if roots else 'Fix the paths in the config or with --cfg-options.'))

@@ -1,11 +1,12 @@
-"""What tools/train.py and tools/test.py share: the config's scope and launcher args."""
+"""What tools/train.py and tools/test.py share: the config's scope, launcher args and
+distributed runs on the CPU."""
 import os
 
-SCOPES = ('mmdet', 'mmpretrain')
+SCOPES = ('mmdet', 'mmpretrain', 'mmseg')
 
 
 def scope_of(cfg) -> str:
-    """The OpenMMLab package the config builds from: 'mmdet' or 'mmpretrain'."""
+    """The OpenMMLab package the config builds from: 'mmdet', 'mmpretrain' or 'mmseg'."""
     scope = cfg.get('default_scope')
     if scope not in SCOPES:
         raise ValueError(f'default_scope must be one of {SCOPES}, got {scope!r} '
@@ -21,9 +22,20 @@ def register_modules(scope: str):
 
         # Fewer repeated compilations when the config asks for torch.compile.
         setup_cache_size_limit_of_dynamo()
+    elif scope == 'mmseg':
+        from mmseg.utils import register_all_modules
     else:
         from mmpretrain.utils import register_all_modules
     register_all_modules(init_default_scope=False)
+
+
+def enable_cpu_distributed(cfg):
+    """Distributed runs without GPUs: gloo instead of nccl, and a DDP wrapper that
+    accepts a CPU module (see mmcvig.engine.CPUDistributedDataParallel)."""
+    cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = 'gloo'
+    wrapper = dict(cfg.get('model_wrapper_cfg') or {})  # keeps e.g. find_unused_parameters
+    wrapper['type'] = 'CPUDistributedDataParallel'
+    cfg.model_wrapper_cfg = wrapper
 
 
 def add_launcher_args(parser):

@@ -1,4 +1,5 @@
-"""Parameters and GMACs of a detection or classification config, without data.
+"""Parameters and GMACs of a detection, segmentation or classification config, without
+data.
 
 Two counts are printed (see mmcvig/analysis/complexity.py for the rules):
   * conv-only GMACs, the paper's rule (Table III): convolutions except the G-GCN MLP;
@@ -9,6 +10,7 @@ Example:
   python tools/analysis_tools/get_flops.py configs/cvig-ti_8xb128_in1k.py
   python tools/analysis_tools/get_flops.py configs/mask-rcnn_cvig-s_fpn_1x_coco.py \\
       --shape 800 1333
+  python tools/analysis_tools/get_flops.py configs/fpn_cvig-s_8xb4-40k_ade20k-512x512.py
 """
 import argparse
 import os.path as osp
@@ -24,12 +26,16 @@ from mmengine.registry import init_default_scope  # noqa: E402
 import mmcvig  # noqa: E402,F401
 from mmcvig.analysis import count_conv_macs, count_full_macs, count_params  # noqa: E402
 
+# Input H [W] per default scope when --shape is not given.
+DEFAULT_SHAPES = {'mmpretrain': [224], 'mmseg': [512, 512], 'mmdet': [800, 1333]}
+
 
 def parse_args():
     parser = argparse.ArgumentParser(description='Params and GMACs of a config')
-    parser.add_argument('config', help='detection or classification config')
+    parser.add_argument('config', help='detection, segmentation or classification config')
     parser.add_argument('--shape', type=int, nargs='+', default=None,
-                        help='input H [W]; default 224 (classification) or 800 1333 (detection)')
+                        help='input H [W]; default 224 (classification), 512 512 '
+                        '(segmentation, the ADE20K crop) or 800 1333 (detection)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, as in tools/train.py')
     return parser.parse_args()
@@ -75,7 +81,7 @@ def main():
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     model, scope = build(cfg)
-    shape = args.shape or ([224] if scope == 'mmpretrain' else [800, 1333])
+    shape = args.shape or DEFAULT_SHAPES.get(scope, [800, 1333])
     height, width = shape[0], shape[-1]
     samples = detection_samples(height, width) if scope == 'mmdet' else None
     wrapped = _TensorForward(model, samples)
