@@ -19,7 +19,6 @@ Layout under ``out_dir``::
 import json
 import os
 import os.path as osp
-import shutil
 from dataclasses import asdict, dataclass
 from typing import List
 
@@ -29,6 +28,8 @@ from mmdet.datasets import CocoDataset
 from mmdet.registry import DATASETS
 from PIL import Image
 
+from .manifest import MANIFEST, holds_data_set, write_manifest
+
 CLASSES = ('circle', 'rectangle', 'triangle', 'cross')
 # One saturated hue per class over desaturated backgrounds: the toy detector can learn
 # within minutes on a CPU, yet still has to find extents and shapes for boxes and masks.
@@ -36,7 +37,6 @@ PALETTE = ((220, 60, 50), (60, 190, 70), (50, 90, 220), (230, 200, 40))
 SPLITS = ('train', 'val')
 # Bump when the drawing changes, so that an old data set is not taken for a new one.
 FORMAT_VERSION = 1
-MANIFEST = 'manifest.json'
 # The least share of an object that must stay visible under the ones drawn after it.
 MIN_VISIBLE = 0.5
 PLACEMENT_TRIES = 20
@@ -204,14 +204,6 @@ def _owned_paths(out_dir: str) -> List[str]:
     return [osp.join(out_dir, p) for p in (*SPLITS, 'annotations', MANIFEST)]
 
 
-def _read_manifest(out_dir: str):
-    path = osp.join(out_dir, MANIFEST)
-    if not osp.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
 def _is_complete(out_dir: str, spec: ToyCocoSpec) -> bool:
     """Both annotation files and every image are there."""
     for split in SPLITS:
@@ -223,30 +215,10 @@ def _is_complete(out_dir: str, spec: ToyCocoSpec) -> bool:
 
 
 def _check_out_dir(out_dir: str, spec: ToyCocoSpec, force: bool) -> bool:
-    """True when ``out_dir`` already holds this spec's data set; raises when it holds
-    something else, unless ``force``, which clears the generator's own paths."""
-    if not osp.isdir(out_dir) or not os.listdir(out_dir):
-        return False
-    found = _read_manifest(out_dir)
-    if found == spec.manifest() and _is_complete(out_dir, spec):
-        return True
-    if not force:
-        if found is None:
-            why = f'has no {MANIFEST} (not made by this tool, or an interrupted run)'
-        elif found == spec.manifest():
-            why = 'holds this toy data set with files missing'
-        else:
-            diff = {k: (found.get(k), v) for k, v in spec.manifest().items()
-                    if found.get(k) != v}
-            why = f'holds another toy data set (found -> wanted: {diff})'
-        raise FileExistsError(f'{out_dir} {why}. Pass --force to replace it, or choose '
-                              'another --out.')
-    for path in _owned_paths(out_dir):
-        if osp.isdir(path):
-            shutil.rmtree(path)
-        elif osp.exists(path):
-            os.remove(path)
-    return False
+    """True when ``out_dir`` already holds this spec's data set (see
+    :func:`~.manifest.holds_data_set`)."""
+    return holds_data_set(out_dir, spec.manifest(), lambda: _is_complete(out_dir, spec),
+                          _owned_paths(out_dir), force)
 
 
 def generate(out_dir: str, spec: ToyCocoSpec = ToyCocoSpec(), force: bool = False) -> bool:
@@ -265,9 +237,7 @@ def generate(out_dir: str, spec: ToyCocoSpec = ToyCocoSpec(), force: bool = Fals
         coco = write_split(out_dir, split, spec)
         with open(ann_file(out_dir, split), 'w') as f:
             json.dump(coco, f)
-    # Last: a manifest vouches for a complete data set.
-    with open(osp.join(out_dir, MANIFEST), 'w') as f:
-        json.dump(spec.manifest(), f, indent=1)
+    write_manifest(out_dir, spec.manifest())
     return True
 
 

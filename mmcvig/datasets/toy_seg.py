@@ -24,10 +24,8 @@ Layout under ``out_dir`` (mmseg's ``img_dir``/``ann_dir``)::
     ann_dir/train/000000.png ...   ann_dir/val/000000.png ...   (uint8, one channel)
     manifest.json                  the spec it was made from (written last)
 """
-import json
 import os
 import os.path as osp
-import shutil
 from dataclasses import asdict, dataclass
 from typing import List, Tuple
 
@@ -36,6 +34,8 @@ import numpy as np
 from mmseg.datasets import BaseSegDataset
 from mmseg.registry import DATASETS
 from PIL import Image
+
+from .manifest import MANIFEST, holds_data_set, write_manifest
 
 CLASSES = ('background', 'disc', 'square', 'triangle', 'stripes')
 # Colours of the label maps when drawn (mmseg's visualiser); the image colours of the
@@ -46,7 +46,6 @@ SPLITS = ('train', 'val')
 IMG_DIR, ANN_DIR = 'img_dir', 'ann_dir'
 # Bump when the drawing changes, so that an old data set is not taken for a new one.
 FORMAT_VERSION = 1
-MANIFEST = 'manifest.json'
 SUPERSAMPLE = 4  # sub-pixels a side per pixel: anti-aliased edges, mixed pixels ignored
 MIN_OBJECT = 20  # px, the smallest object size (diameter, side, stripe patch)
 GENERATE_HINT = 'python tools/misc/make_toy_seg.py --out {root}'
@@ -199,14 +198,6 @@ def _owned_paths(out_dir: str) -> List[str]:
     return [osp.join(out_dir, p) for p in (IMG_DIR, ANN_DIR, MANIFEST)]
 
 
-def _read_manifest(out_dir: str):
-    path = osp.join(out_dir, MANIFEST)
-    if not osp.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
 def _is_complete(out_dir: str, spec: ToySegSpec) -> bool:
     """Every image and label map is there."""
     for split in SPLITS:
@@ -218,30 +209,10 @@ def _is_complete(out_dir: str, spec: ToySegSpec) -> bool:
 
 
 def _check_out_dir(out_dir: str, spec: ToySegSpec, force: bool) -> bool:
-    """True when ``out_dir`` already holds this spec's data set; raises when it holds
-    something else, unless ``force``, which clears the generator's own paths."""
-    if not osp.isdir(out_dir) or not os.listdir(out_dir):
-        return False
-    found = _read_manifest(out_dir)
-    if found == spec.manifest() and _is_complete(out_dir, spec):
-        return True
-    if not force:
-        if found is None:
-            why = f'has no {MANIFEST} (not made by this tool, or an interrupted run)'
-        elif found == spec.manifest():
-            why = 'holds this toy data set with files missing'
-        else:
-            diff = {k: (found.get(k), v) for k, v in spec.manifest().items()
-                    if found.get(k) != v}
-            why = f'holds another toy data set (found -> wanted: {diff})'
-        raise FileExistsError(f'{out_dir} {why}. Pass --force to replace it, or choose '
-                              'another --out.')
-    for path in _owned_paths(out_dir):
-        if osp.isdir(path):
-            shutil.rmtree(path)
-        elif osp.exists(path):
-            os.remove(path)
-    return False
+    """True when ``out_dir`` already holds this spec's data set (see
+    :func:`~.manifest.holds_data_set`)."""
+    return holds_data_set(out_dir, spec.manifest(), lambda: _is_complete(out_dir, spec),
+                          _owned_paths(out_dir), force)
 
 
 def generate(out_dir: str, spec: ToySegSpec = ToySegSpec(), force: bool = False) -> bool:
@@ -257,9 +228,7 @@ def generate(out_dir: str, spec: ToySegSpec = ToySegSpec(), force: bool = False)
         return False
     for split in SPLITS:
         write_split(out_dir, split, spec)
-    # Last: a manifest vouches for a complete data set.
-    with open(osp.join(out_dir, MANIFEST), 'w') as f:
-        json.dump(spec.manifest(), f, indent=1)
+    write_manifest(out_dir, spec.manifest())
     return True
 
 
