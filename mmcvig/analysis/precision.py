@@ -22,7 +22,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..models.degc import degc, kmeans, knn_graph
+# Autocast reaching DEGC's float32 steps, as before they kept float32: only to measure
+# what keeping them costs.
+from ..models.degc.execution import autocast_reaches_degc as autocast_inside_degc
 from .detection import PRETRAIN_SIZE
 from .models import Candidate
 from .timing import Runner, paired_ratio, round_robin, summarize
@@ -102,21 +104,6 @@ def measure_autocast_error(runner: Runner, candidates: List[Candidate], img_size
             rows.append(row)
         del model
     return rows
-
-
-@contextlib.contextmanager
-def autocast_inside_degc():
-    """Let autocast reach DEGC's float32 steps (k-means, k-NN similarities, cluster
-    means), as before they kept float32: only to measure what keeping it costs."""
-    modules = (kmeans, knn_graph, degc)
-    kept = [module.full_precision for module in modules]
-    for module in modules:
-        module.full_precision = lambda x: contextlib.nullcontext()
-    try:
-        yield
-    finally:
-        for module, original in zip(modules, kept):
-            module.full_precision = original
 
 
 def measure_float32_overhead(runner: Runner, candidate: Candidate, height: int, width: int,

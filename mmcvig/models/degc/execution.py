@@ -3,6 +3,7 @@ the sync-free mode (the default for CUDA inputs), float32 where autocast would l
 partition, and the forward's graphs reused when a checkpoint recomputes."""
 import collections
 import contextlib
+import contextvars
 import threading
 from typing import Callable, Optional, Tuple
 
@@ -27,9 +28,27 @@ def full_precision(x: Tensor):
     sums and means) runs in float32 inside it: autocast would otherwise re-cast the
     float32 inputs of ``baddbmm`` and ``@`` to float16 or bfloat16, where
     :math:`\|c\|^2` overflows, sums of thousands of tokens overflow, and rounding
-    turns near ties into other labels and neighbours.
+    turns near ties into other labels and neighbours. Inside
+    :func:`autocast_reaches_degc` it is a no-op.
     """
+    if _AUTOCAST_IN_DEGC.get():
+        return contextlib.nullcontext()
     return torch.autocast(x.device.type, enabled=False)
+
+
+# Whether autocast reaches DEGC's float32 steps: only to measure what keeping them
+# in float32 costs (mmcvig.analysis.measure_float32_overhead).
+_AUTOCAST_IN_DEGC = contextvars.ContextVar('autocast_in_degc', default=False)
+
+
+@contextlib.contextmanager
+def autocast_reaches_degc():
+    """Let autocast reach DEGC's float32 steps, as before they kept float32."""
+    token = _AUTOCAST_IN_DEGC.set(True)
+    try:
+        yield
+    finally:
+        _AUTOCAST_IN_DEGC.reset(token)
 
 
 def at_least_float32(x: Tensor) -> Tensor:
