@@ -14,7 +14,8 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
+from test_amp import large_tokens  # tokens of scale 30, as DEGC sees at detection size
+from test_deterministic import OpNames
 
 from mmcvig.analysis import HostSyncCounter
 from mmcvig.models import ClusterViG
@@ -238,15 +239,6 @@ def autocast(dtype):
     return torch.autocast(DEVICE.type, dtype=dtype)
 
 
-def large_tokens(num_tokens, channels, seed=0):
-    """Tokens of scale 30, as DEGC sees at detection size (tests/test_amp.py)."""
-    gen = torch.Generator().manual_seed(seed)
-    centres = 30 * torch.randn(2, 6, channels, generator=gen)
-    member = torch.randint(0, 6, (2, num_tokens), generator=gen)
-    spread = 15 * torch.randn(2, num_tokens, channels, generator=gen)
-    return centres.gather(1, member.unsqueeze(-1).expand(-1, -1, channels)) + spread
-
-
 @pytest.mark.parametrize('dtype', HALF_DTYPES)
 @pytest.mark.parametrize('num_tokens,channels', [(196, 192), (4200, 320)])
 def test_partition_and_graph_exact_under_autocast(exact, dtype, num_tokens, channels):
@@ -352,18 +344,6 @@ def test_sync_free_forward_and_backward(dtype):
 
 
 # -------------------------------------------------------------------- aggregation
-class OpNames(TorchDispatchMode):
-    """Names of the aten operators that run."""
-
-    def __init__(self):
-        super().__init__()
-        self.names = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names.add(func.overloadpacket.__name__)
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize('reduce', ['max', 'sum'])
 @pytest.mark.parametrize('batch,channels,num_tokens,k', [(3, 12, 50, 7), (2, 64, 1000, 9)])
 def test_embedding_bag_aggregation_equals_cpu(monkeypatch, reduce, batch, channels,
