@@ -36,7 +36,7 @@ demo-cls: env
 
 # The semantic segmentation counterpart (toy scenes, Semantic FPN, mIoU).
 demo-seg: env
-	PYTHON="$(PYTHON)" bash tools/demo_seg.sh
+	PYTHON="$(PYTHON)" bash tools/demo.sh seg
 
 # The GPU check (docs/gpu.md): CUDA tests, Table VI throughput and the detection-scale
 # cost on one GPU in at most 8 minutes; gpu_check.json and gpu_check.md go to OUT (an

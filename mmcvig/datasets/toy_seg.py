@@ -251,7 +251,7 @@ class ToySegDataset(BaseSegDataset):
             raise FileNotFoundError(
                 f'Toy segmentation folder not found: {", ".join(missing)}. The toy data set '
                 f'must be under {root or "."}; make it with '
-                f'`{GENERATE_HINT.format(root=root)}` (tools/demo_seg.sh does).')
+                f'`{GENERATE_HINT.format(root=root)}` (tools/demo.sh seg does).')
         data_list = super().load_data_list()
         if not data_list:  # mmengine would fail with `need at least one array`
             raise FileNotFoundError(f'No image ending in {self.img_suffix!r} under '
