@@ -5,6 +5,7 @@ import glob
 import json
 import os
 import pickle
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -137,3 +138,21 @@ def test_detector_train_then_test_with_tta(tmp_path):
     assert all('pred_instances' in p and 'gt_instances' not in p for p in preds)
     assert all(p['pred_instances']['bboxes'].shape[-1] == 4 for p in preds)
     assert 'coco/bbox_mAP' in load_test_metrics(tmp_path / 'test')
+
+
+@pytest.mark.parametrize('tool,images', [('make_toy_coco.py', 'train'),
+                                         ('make_toy_seg.py', 'img_dir/train')])
+def test_toy_data_tools(tool, images, tmp_path, capsys):
+    main = runpy.run_path(str(ROOT / 'tools' / 'misc' / tool))['main']
+    out = tmp_path / 'toy'
+    small = ['--out', str(out), '--num-train', '2', '--num-val', '1', '--min-side', '96',
+             '--max-side', '128']
+    main(small)
+    assert 'Wrote the' in capsys.readouterr().out
+    assert len(list((out / images).iterdir())) == 2
+    main(small)  # up to date
+    assert 'nothing written' in capsys.readouterr().out
+    with pytest.raises(SystemExit, match=f'{tool[:-3]}: .*--force'):
+        main([*small, '--num-train', '3'])
+    with pytest.raises(SystemExit, match='min_side <= max_side'):
+        main(['--out', str(tmp_path / 'bad'), '--min-side', '200', '--max-side', '100'])

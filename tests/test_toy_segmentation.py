@@ -107,21 +107,6 @@ def test_generation_is_deterministic_and_idempotent(tmp_path):
         generate(str(two), TINY)
 
 
-def test_make_toy_seg_tool(tmp_path, capsys):
-    sys.path.insert(0, str(ROOT / 'tools' / 'misc'))
-    try:
-        import make_toy_seg
-    finally:
-        sys.path.pop(0)
-    out = tmp_path / 'toy'
-    make_toy_seg.main(['--out', str(out), '--num-train', '2', '--num-val', '1'])
-    make_toy_seg.main(['--out', str(out), '--num-train', '2', '--num-val', '1'])
-    assert 'nothing written' in capsys.readouterr().out
-    assert len(list((out / 'img_dir' / 'train').iterdir())) == 2
-    with pytest.raises(SystemExit, match='--force'):
-        make_toy_seg.main(['--out', str(out), '--num-train', '3', '--num-val', '1'])
-
-
 def test_dataset_lists_the_pairs(tiny_root):
     dataset = toy_dataset(tiny_root / 'data' / 'toy_seg', 'val')
     assert len(dataset) == TINY.num_val
