@@ -16,17 +16,13 @@ from copy import deepcopy
 # goes first on the path so that `import mmcvig` (and its compatibility fixes) is this one.
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from mmengine.config import Config, ConfigDict, DictAction  # noqa: E402
-from mmengine.device import get_device  # noqa: E402
-from mmengine.registry import RUNNERS  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
+from mmengine.config import ConfigDict  # noqa: E402
 
 import mmcvig  # noqa: E402,F401  (applies mmcvig.compat)
-from mmcvig.compat import init_dist_without_cuda  # noqa: E402
 from mmcvig.datasets.checks import check_data  # noqa: E402
 from mmcvig.datasets.seg_checks import add_seg_data_check  # noqa: E402
-from mmcvig.engine.scope import (add_launcher_args, enable_cpu_distributed,  # noqa: E402
-                                 export_local_rank, register_modules, scope_of)
+from mmcvig.engine.scope import (add_common_args, build_runner, export_local_rank,  # noqa: E402
+                                 load_config, merge_launch_args)
 
 
 def parse_args():
@@ -50,17 +46,7 @@ def parse_args():
         'to the work_dir/timestamp/show_dir')
     parser.add_argument(
         '--wait-time', type=float, default=2, help='the interval of show (s)')
-    parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=DictAction,
-        help='override some settings in the used config, the key-value pair '
-        'in xxx=yyy format will be merged into config file. If the value to '
-        'be overwritten is a list, it should be like key="[a,b]" or key=a,b '
-        'It also allows nested list/tuple values, e.g. key="[(a,b),(c,d)]" '
-        'Note that the quotation marks are necessary and that no white space '
-        'is allowed.')
-    add_launcher_args(parser)
+    add_common_args(parser)
     parser.add_argument(
         '--tta',
         action='store_true',
@@ -162,15 +148,8 @@ def dump_metric(out_file, scope):
 
 def merge_args(cfg, args, scope):
     """Apply the rest of the command line to the config (CLI > config > defaults)."""
-    cfg.launcher = args.launcher
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs',
-                                osp.splitext(osp.basename(args.config))[0])
+    merge_launch_args(cfg, args)
     cfg.load_from = args.checkpoint
-    if args.launcher != 'none' and get_device() == 'cpu':
-        enable_cpu_distributed(cfg)
 
     if args.show or args.show_dir:
         enable_visualization(cfg, args, scope)
@@ -181,22 +160,13 @@ def merge_args(cfg, args, scope):
 
 def main():
     args = parse_args()
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    scope = scope_of(cfg)
-    register_modules(scope)
+    cfg, scope = load_config(args)
     cfg = merge_args(cfg, args, scope)
     check_data(cfg, ('test_dataloader', ))  # says where a missing data set must go
     if scope == 'mmseg':  # label maps of another size or with stray values: named early
         add_seg_data_check(cfg)
 
-    # As in tools/train.py: mmengine cannot start torchrun processes without a GPU.
-    init_dist_without_cuda(cfg.launcher, **cfg.get('env_cfg', {}).get('dist_cfg', {}))
-    if 'runner_type' not in cfg:
-        runner = Runner.from_cfg(cfg)
-    else:
-        runner = RUNNERS.build(cfg)
+    runner = build_runner(cfg)
     if args.out is not None:
         runner.test_evaluator.metrics.append(dump_metric(args.out, scope))
     runner.test()

@@ -14,18 +14,14 @@ import sys
 # goes first on the path so that `import mmcvig` (and its compatibility fixes) is this one.
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.device import get_device  # noqa: E402
 from mmengine.logging import print_log  # noqa: E402
-from mmengine.registry import RUNNERS  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
 
 import mmcvig  # noqa: E402,F401  (applies mmcvig.compat)
-from mmcvig.compat import init_dist_without_cuda  # noqa: E402
 from mmcvig.datasets.checks import check_data  # noqa: E402
 from mmcvig.datasets.seg_checks import add_seg_data_check  # noqa: E402
-from mmcvig.engine.scope import (add_launcher_args, enable_cpu_distributed,  # noqa: E402
-                                 export_local_rank, register_modules, scope_of)
+from mmcvig.engine.scope import (add_common_args, build_runner, export_local_rank,  # noqa: E402
+                                 load_config, merge_launch_args)
 
 AMP_DTYPES = ('float16', 'bfloat16')
 # What makes a config a detector's (with default_scope='mmdet').
@@ -58,17 +54,7 @@ def parse_args():
         help='If specify checkpoint path, resume from it, while if not '
         'specify, try to auto resume from the latest checkpoint '
         'in the work directory.')
-    parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=DictAction,
-        help='override some settings in the used config, the key-value pair '
-        'in xxx=yyy format will be merged into config file. If the value to '
-        'be overwritten is a list, it should be like key="[a,b]" or key=a,b '
-        'It also allows nested list/tuple values, e.g. key="[(a,b),(c,d)]" '
-        'Note that the quotation marks are necessary and that no white space '
-        'is allowed.')
-    add_launcher_args(parser)
+    add_common_args(parser)
     args = parser.parse_args()
     if args.amp_dtype is not None and not args.amp:
         parser.error('--amp-dtype applies to --amp only')
@@ -137,17 +123,9 @@ def autocast_detector_trunk(cfg):
 
 def merge_args(cfg, args):
     """Apply the rest of the command line to the config (CLI > config > defaults)."""
-    cfg.launcher = args.launcher
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs',
-                                osp.splitext(osp.basename(args.config))[0])
-
+    merge_launch_args(cfg, args)
     if args.amp:
         enable_amp(cfg, args.amp_dtype)
-    if args.launcher != 'none' and get_device() == 'cpu':
-        enable_cpu_distributed(cfg)
 
     if args.auto_scale_lr:
         if 'enable' in cfg.get('auto_scale_lr', {}) and \
@@ -171,12 +149,7 @@ def merge_args(cfg, args):
 
 def main():
     args = parse_args()
-    cfg = Config.fromfile(args.config)
-    # First, as it may change default_scope.
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    scope = scope_of(cfg)
-    register_modules(scope)
+    cfg, scope = load_config(args)
     cfg = merge_args(cfg, args)
     # Before the Runner: a missing data set then says where it must go.
     check_data(cfg, ('train_dataloader', 'val_dataloader') if cfg.get('val_cfg') else
@@ -184,14 +157,7 @@ def main():
     if scope == 'mmseg':  # label maps of another size or with stray values: named early
         add_seg_data_check(cfg)
 
-    # mmengine 0.10.7 cannot start torchrun processes without a GPU (mmcvig/compat.py):
-    # start them here, and the Runner keeps the process group it finds.
-    init_dist_without_cuda(cfg.launcher, **cfg.get('env_cfg', {}).get('dist_cfg', {}))
-    if 'runner_type' not in cfg:
-        runner = Runner.from_cfg(cfg)
-    else:
-        runner = RUNNERS.build(cfg)
-    runner.train()
+    build_runner(cfg).train()
 
 
 if __name__ == '__main__':

@@ -1,6 +1,10 @@
-"""What tools/train.py and tools/test.py share: the config's scope, launcher args and
-distributed runs on the CPU."""
+"""What tools/train.py and tools/test.py share: the common command line, the config's
+scope, the work directory, distributed runs on the CPU and building the Runner."""
 import os
+import os.path as osp
+
+from mmengine.config import Config, DictAction
+from mmengine.device import get_device
 
 SCOPES = ('mmdet', 'mmpretrain', 'mmseg')
 
@@ -38,8 +42,18 @@ def enable_cpu_distributed(cfg):
     cfg.model_wrapper_cfg = wrapper
 
 
-def add_launcher_args(parser):
-    """``--launcher`` and the local rank torch's launchers pass."""
+def add_common_args(parser):
+    """``--cfg-options``, ``--launcher`` and the local rank torch's launchers pass."""
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override some settings in the used config, the key-value pair '
+        'in xxx=yyy format will be merged into config file. If the value to '
+        'be overwritten is a list, it should be like key="[a,b]" or key=a,b '
+        'It also allows nested list/tuple values, e.g. key="[(a,b),(c,d)]" '
+        'Note that the quotation marks are necessary and that no white space '
+        'is allowed.')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher')
     # torch.distributed launchers of PyTorch >= 2.0 pass `--local-rank`, older ones
@@ -51,3 +65,41 @@ def export_local_rank(args):
     """mmengine reads the local rank from the environment only."""
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
+
+
+def load_config(args):
+    """``(cfg, scope)``: ``args.config`` with ``--cfg-options`` merged first (they may
+    change ``default_scope``), the scope's modules registered."""
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    scope = scope_of(cfg)
+    register_modules(scope)
+    return cfg, scope
+
+
+def merge_launch_args(cfg, args):
+    """The launcher and the work directory of the command line (default: the config's,
+    else work_dirs/<config name>); gloo and a CPU-capable DDP wrapper for a distributed
+    run on the CPU."""
+    cfg.launcher = args.launcher
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    if args.launcher != 'none' and get_device() == 'cpu':
+        enable_cpu_distributed(cfg)
+
+
+def build_runner(cfg):
+    """The config's Runner (``runner_type``, else mmengine's), in the process group of
+    ``cfg.launcher``: mmengine 0.10.7 cannot start torchrun processes without a GPU
+    (mmcvig/compat.py), so they start here and the Runner keeps the group it finds."""
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+
+    from ..compat import init_dist_without_cuda
+    init_dist_without_cuda(cfg.launcher, **cfg.get('env_cfg', {}).get('dist_cfg', {}))
+    if 'runner_type' not in cfg:
+        return Runner.from_cfg(cfg)
+    return RUNNERS.build(cfg)
