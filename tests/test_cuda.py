@@ -14,6 +14,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+from references import brute_force_knn
 from test_amp import large_tokens  # tokens of scale 30, as DEGC sees at detection size
 from test_deterministic import OpNames
 
@@ -103,21 +104,6 @@ def sparse_sets(arranged, edge_index, batch, num_tokens):
     return out
 
 
-def brute_force_sets(x, labels, k, padding):
-    """Per token, the k most similar (float64 cosine) tokens of its cluster."""
-    feats = F.normalize(x.double(), dim=-1)
-    out = {}
-    for b in range(x.shape[0]):
-        for n in range(x.shape[1]):
-            if labels[b, n] == padding:
-                out[b, n] = set()
-                continue
-            members = (labels[b] == labels[b, n]).nonzero().flatten()
-            sim = feats[b, members] @ feats[b, n]
-            out[b, n] = set(members[sim.topk(min(k, len(members))).indices].tolist())
-    return out
-
-
 def assert_same_neighbours(got, expected, x, labels, padding):
     assert got.keys() == expected.keys()
     sims_got = neighbour_similarities(x, labels, got, padding)
@@ -136,7 +122,7 @@ def test_dense_sparse_and_brute_force_knn_agree(exact, num_tokens, k):
     x = torch.randn(3, num_tokens, 16, generator=gen)
     labels = skewed_labels(gen, num_tokens)
     part = make_partition(labels, 5)
-    expected = brute_force_sets(x, labels, k, padding=5)
+    expected = brute_force_knn(x.double(), labels, k, padding=5)
     x_dev, part_dev = x.to(DEVICE), to_device(part)
     for method in ('masked', 'segments'):
         graph = build_graph(x_dev, part_dev, k, method=method)

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from mmpretrain.models.backbones.vig import DenseDilatedKnnGraph
+from references import brute_force_knn
 from torch_geometric.nn import GATv2Conv
 
 from mmcvig.models.degc import (DEGC, GRAPH_CONVS, GlobalUpdate, Partition, TokenCentroids,
@@ -41,24 +42,6 @@ def neighbor_sets(graph):
     for b in range(graph.neighbors.shape[0]):
         for n in range(graph.neighbors.shape[1]):
             out[b, n] = set(graph.neighbors[b, n][graph.valid[b, n]].tolist())
-    return out
-
-
-def brute_force_knn(x, labels, k, padding=None):
-    """Reference: per token, the k most similar (cosine) tokens of its cluster, self first;
-    padding tokens (label ``padding``) have none."""
-    feats = F.normalize(x, dim=-1)
-    out = {}
-    for b in range(x.shape[0]):
-        for n in range(x.shape[1]):
-            if labels[b, n] == padding:
-                out[b, n] = set()
-                continue
-            members = (labels[b] == labels[b, n]).nonzero().flatten()
-            sim = feats[b, members] @ feats[b, n]
-            sim[members == n] = float('inf')
-            top = sim.topk(min(k, len(members))).indices
-            out[b, n] = set(members[top].tolist())
     return out
 
 
