@@ -12,6 +12,7 @@ import torch.nn as nn
 from mmengine.optim import AmpOptimWrapper
 
 from mmcvig.engine import CPUAmpOptimWrapper, RNGStateHook
+from mmcvig.engine.rng_state_hook import process_states
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='the CPU-only case')
@@ -169,3 +170,25 @@ def test_rng_state_hook_resumes_a_checkpoint_without_cuda_states(fake_cuda):
     assert_same_draws(draws(), expected)
     assert not fake_cuda.restored
     assert len(warnings) == 1 and 'no CUDA generator states' in warnings[0]
+
+
+@pytest.mark.parametrize('num_saved', [1, 2])
+def test_rng_state_hook_restores_the_states_of_its_own_rank(fake_cuda, num_saved):
+    """A distributed checkpoint holds every process's states (``ranks``): a run of as
+    many processes restores its rank's, another restores the saving process's states,
+    with a warning. This run is one process: rank 0 of 1."""
+    hook, (runner, warnings) = RNGStateHook(), fake_runner()
+    fake_cuda.use(0)
+    own = process_states()
+    own_draws = draws()
+    checkpoint = save(hook, runner)
+    checkpoint['rng_state']['ranks'] = [own, process_states()][:num_saved]
+    saver_draws = draws()
+
+    hook.after_load_checkpoint(runner, checkpoint)
+    if num_saved == 1:
+        assert_same_draws(draws(), own_draws)
+        assert not warnings
+    else:
+        assert_same_draws(draws(), saver_draws)
+        assert len(warnings) == 1 and 'states of 2 processes, this run has 1' in warnings[0]

@@ -59,12 +59,21 @@ def config(tmp_path_factory):
     return str(path)
 
 
-def train(config, work_dir, data_root, max_epochs, resume=False):
-    args = [sys.executable, 'tools/train.py', config, '--work-dir', str(work_dir),
-            '--cfg-options', *cfg_options(data_root, **{'train_cfg.max_epochs': max_epochs})]
+def train(config, work_dir, data_root, max_epochs, resume=False, processes=1):
+    """tools/train.py, or tools/dist_train.sh with ``processes`` (gloo, one image per
+    process and step: 4 iterations an epoch either way)."""
+    options = cfg_options(data_root, **{'train_cfg.max_epochs': max_epochs})
+    if processes == 1:
+        command, env = [sys.executable, 'tools/train.py', config], None
+    else:
+        command = ['bash', 'tools/dist_train.sh', config, str(processes)]
+        env = dict(os.environ, PORT=str(free_port()), PYTHON=sys.executable,
+                   OMP_NUM_THREADS='1')
+        options.append('train_dataloader.batch_size=1')
+    args = [*command, '--work-dir', str(work_dir), '--cfg-options', *options]
     if resume:
         args.append('--resume')
-    return run(args)
+    return run(args, env=env)
 
 
 def weights(path):
@@ -72,11 +81,14 @@ def weights(path):
 
 
 @pytest.mark.slow
-def test_resume_equals_uninterrupted_training(tmp_path, toy_data, config):
+@pytest.mark.parametrize('processes', [1, 2])
+def test_resume_equals_uninterrupted_training(tmp_path, toy_data, config, processes):
+    """With 2 processes every one draws its own samples (RPN and RoI samplers): each
+    must get its own generator states back, not those of the process that saved."""
     straight, split = tmp_path / 'straight', tmp_path / 'split'
-    train(config, straight, toy_data, max_epochs=2)
-    train(config, split, toy_data, max_epochs=1)
-    log = train(config, split, toy_data, max_epochs=2, resume=True)
+    train(config, straight, toy_data, max_epochs=2, processes=processes)
+    train(config, split, toy_data, max_epochs=1, processes=processes)
+    log = train(config, split, toy_data, max_epochs=2, resume=True, processes=processes)
     assert 'resumed' in (log.stdout + log.stderr).lower()
 
     expected, resumed = weights(straight / 'epoch_2.pth'), weights(split / 'epoch_2.pth')

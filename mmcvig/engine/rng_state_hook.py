@@ -4,7 +4,8 @@ from typing import List, Optional
 
 import numpy as np
 import torch
-from mmengine.hooks import Hook
+from mmengine.dist import all_gather_object, get_dist_info
+from mmengine.hooks import CheckpointHook, Hook
 from mmengine.registry import HOOKS
 from torch import Tensor
 
@@ -22,6 +23,32 @@ def _cuda_states() -> List[Tensor]:
     return list(torch.cuda.get_rng_state_all()) if _cuda_in_use() else []
 
 
+def process_states() -> dict:
+    """The states of this process's generators: torch's CPU and CUDA ones, numpy's and
+    Python's. numpy's as a tensor and plain values, so that a checkpoint holding them
+    still loads under torch's ``weights_only`` unpickler."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return dict(
+        torch=torch.get_rng_state(),
+        cuda=_cuda_states(),
+        numpy=(name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss),
+               float(cached)),
+        python=random.getstate())
+
+
+def _saves_now(runner, by_epoch: bool) -> bool:
+    """Whether mmengine's CheckpointHook saves a checkpoint at this end of an iteration
+    (``by_epoch`` False) or of an epoch, by its own rules."""
+    for hook in runner.hooks:
+        if isinstance(hook, CheckpointHook) and hook.by_epoch == by_epoch:
+            if by_epoch:
+                return (hook.every_n_epochs(runner, hook.interval, hook.save_begin)
+                        or (hook.save_last and hook.is_last_train_epoch(runner)))
+            return (hook.every_n_train_iters(runner, hook.interval, hook.save_begin)
+                    or (hook.save_last and hook.is_last_train_iter(runner)))
+    return False
+
+
 @HOOKS.register_module()
 class RNGStateHook(Hook):
     """Makes a resumed run continue exactly where the saved one stopped.
@@ -31,26 +58,46 @@ class RNGStateHook(Hook):
     dropout, DropPath and k-means initialisation on a GPU) differ from those of an
     uninterrupted run. This hook stores the states of torch's CPU and CUDA generators,
     numpy's and Python's under ``checkpoint['rng_state']`` and restores them when a
-    checkpoint is resumed. The numpy state is stored as a tensor and plain values so that
-    the checkpoint still loads under torch's ``weights_only`` unpickler.
+    checkpoint is resumed.
+
+    In a distributed run every process draws its own samples, so every process gets its
+    own states back: only the first process writes checkpoints, so when
+    ``CheckpointHook`` is about to save one, the states of all processes are gathered
+    to it (``rng_state['ranks']``). A checkpoint resumed with another number of
+    processes, or one saved where the gathered states are not current (a best
+    checkpoint saved after validation), restores the first process's states everywhere,
+    with a warning for the former.
 
     A checkpoint resumes on another machine too: on one without CUDA, or with another
     number of GPUs, the CUDA states restored are those of the devices both have, with a
     warning (the other generators are restored as usual); a checkpoint of an older
     version, without CUDA states, resumes with the CUDA generators as mmengine seeded
-    them. In a distributed run every process restores the states saved by the first one
-    (the one that writes the checkpoint).
+    them.
     """
-    priority = 'VERY_LOW'  # restore after anything that seeds in after_load_checkpoint
+    # Before CheckpointHook (VERY_LOW) at the end of an iteration or epoch, so that the
+    # states are gathered before it saves.
+    priority = 'LOW'
+
+    def __init__(self):
+        self._gathered = None  # ((epoch, iter), [states of every process]) to save next
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None,
+                         outputs=None) -> None:
+        self._gather_before_saving(runner, by_epoch=False)
+
+    def after_train_epoch(self, runner) -> None:
+        self._gather_before_saving(runner, by_epoch=True)
+
+    def _gather_before_saving(self, runner, by_epoch: bool) -> None:
+        if get_dist_info()[1] > 1 and _saves_now(runner, by_epoch):
+            # A collective: every process decides alike, from the same counters.
+            self._gathered = ((runner.epoch, runner.iter), all_gather_object(process_states()))
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        name, keys, pos, has_gauss, cached = np.random.get_state()
-        checkpoint['rng_state'] = dict(
-            torch=torch.get_rng_state(),
-            cuda=_cuda_states(),
-            numpy=(name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss),
-                   float(cached)),
-            python=random.getstate())
+        checkpoint['rng_state'] = state = process_states()
+        gathered, self._gathered = self._gathered, None
+        if gathered is not None and gathered[0] == (runner.epoch, runner.iter):
+            state['ranks'] = gathered[1]
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         state = checkpoint.get('rng_state')
@@ -58,11 +105,32 @@ class RNGStateHook(Hook):
             runner.logger.warning('RNGStateHook: the checkpoint holds no generator states; '
                                   'the resumed run will not repeat an uninterrupted one')
             return
+        state = self._own_states(runner, state)
         torch.set_rng_state(state['torch'])
         name, keys, pos, has_gauss, cached = state['numpy']
         np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
         random.setstate(state['python'])
         self._restore_cuda(runner, state.get('cuda'))
+
+    @staticmethod
+    def _own_states(runner, state: dict) -> dict:
+        """The states saved by this process's rank, where the checkpoint has one for
+        every process of this run; else those of the process that saved it."""
+        ranks = state.get('ranks')
+        rank, world_size = get_dist_info()
+        if ranks is None:
+            if world_size > 1:
+                runner.logger.warning(
+                    'RNGStateHook: the checkpoint holds the generator states of the saving '
+                    'process only; every process restores those')
+            return state
+        if len(ranks) != world_size:
+            runner.logger.warning(
+                f'RNGStateHook: the checkpoint holds the generator states of {len(ranks)} '
+                f'processes, this run has {world_size}: every process restores those of '
+                'the first')
+            return state
+        return ranks[rank]
 
     @staticmethod
     def _restore_cuda(runner, states: Optional[List[Tensor]]) -> None:
