@@ -55,3 +55,15 @@ def holds_data_set(out_dir: str, manifest: dict, is_complete: Callable[[], bool]
         elif osp.exists(path):
             os.remove(path)
     return False
+
+
+def write_once(out_dir: str, manifest: dict, is_complete: Callable[[], bool],
+               owned: Sequence[str], write: Callable[[], None], force: bool) -> bool:
+    """``write()`` the data set ``manifest`` describes into ``out_dir``, then the
+    manifest; False, writing nothing, when ``out_dir`` already holds it
+    (:func:`holds_data_set`, which also says what ``owned`` and ``force`` do)."""
+    if holds_data_set(out_dir, manifest, is_complete, owned, force):
+        return False
+    write()
+    write_manifest(out_dir, manifest)
+    return True

@@ -19,7 +19,7 @@ Layout under ``out_dir``::
 import json
 import os
 import os.path as osp
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import List
 
 import cv2
@@ -28,7 +28,8 @@ from mmdet.datasets import CocoDataset
 from mmdet.registry import DATASETS
 from PIL import Image
 
-from .manifest import MANIFEST, holds_data_set, write_manifest
+from .manifest import MANIFEST, write_once
+from .toy_spec import ToySpec
 
 CLASSES = ('circle', 'rectangle', 'triangle', 'cross')
 # One saturated hue per class over desaturated backgrounds: the toy detector can learn
@@ -44,30 +45,18 @@ GENERATE_HINT = 'python tools/misc/make_toy_coco.py --out {root}'
 
 
 @dataclass(frozen=True)
-class ToyCocoSpec:
-    """What a toy data set is made from; its manifest records exactly this."""
+class ToyCocoSpec(ToySpec):
+    """What a toy data set is made from (see :class:`~.toy_spec.ToySpec`)."""
+    CLASSES = CLASSES
+    FORMAT_VERSION = FORMAT_VERSION
+    SMALLEST_SIDE = 64
+
     num_train: int = 240
     num_val: int = 60
     seed: int = 0
     min_side: int = 160
     max_side: int = 320
     max_objects: int = 6
-
-    def __post_init__(self):
-        if self.num_train < 1 or self.num_val < 1:
-            raise ValueError(f'num_train and num_val must be >= 1, got {self.num_train}, '
-                             f'{self.num_val}')
-        if not 64 <= self.min_side <= self.max_side:
-            raise ValueError(f'need 64 <= min_side <= max_side, got {self.min_side}, '
-                             f'{self.max_side}')
-        if self.max_objects < 1:
-            raise ValueError(f'max_objects must be >= 1, got {self.max_objects}')
-
-    def num_images(self, split: str) -> int:
-        return {'train': self.num_train, 'val': self.num_val}[split]
-
-    def manifest(self) -> dict:
-        return dict(format=FORMAT_VERSION, classes=list(CLASSES), **asdict(self))
 
 
 # ----------------------------------------------------------------------------- drawing
@@ -214,13 +203,6 @@ def _is_complete(out_dir: str, spec: ToyCocoSpec) -> bool:
     return True
 
 
-def _check_out_dir(out_dir: str, spec: ToyCocoSpec, force: bool) -> bool:
-    """True when ``out_dir`` already holds this spec's data set (see
-    :func:`~.manifest.holds_data_set`)."""
-    return holds_data_set(out_dir, spec.manifest(), lambda: _is_complete(out_dir, spec),
-                          _owned_paths(out_dir), force)
-
-
 def generate(out_dir: str, spec: ToyCocoSpec = ToyCocoSpec(), force: bool = False) -> bool:
     """Write the toy data set to ``out_dir``.
 
@@ -230,15 +212,15 @@ def generate(out_dir: str, spec: ToyCocoSpec = ToyCocoSpec(), force: bool = Fals
     Raises:
         FileExistsError: ``out_dir`` holds other files and ``force`` is not set.
     """
-    if _check_out_dir(out_dir, spec, force):
-        return False
-    os.makedirs(osp.join(out_dir, 'annotations'), exist_ok=True)
-    for split in SPLITS:
-        coco = write_split(out_dir, split, spec)
-        with open(ann_file(out_dir, split), 'w') as f:
-            json.dump(coco, f)
-    write_manifest(out_dir, spec.manifest())
-    return True
+    def write():
+        os.makedirs(osp.join(out_dir, 'annotations'), exist_ok=True)
+        for split in SPLITS:
+            coco = write_split(out_dir, split, spec)
+            with open(ann_file(out_dir, split), 'w') as f:
+                json.dump(coco, f)
+
+    return write_once(out_dir, spec.manifest(), lambda: _is_complete(out_dir, spec),
+                      _owned_paths(out_dir), write, force)
 
 
 # ------------------------------------------------------------------------------ dataset

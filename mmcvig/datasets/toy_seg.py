@@ -26,7 +26,7 @@ Layout under ``out_dir`` (mmseg's ``img_dir``/``ann_dir``)::
 """
 import os
 import os.path as osp
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import List, Tuple
 
 import cv2
@@ -35,7 +35,8 @@ from mmseg.datasets import BaseSegDataset
 from mmseg.registry import DATASETS
 from PIL import Image
 
-from .manifest import MANIFEST, holds_data_set, write_manifest
+from .manifest import MANIFEST, write_once
+from .toy_spec import ToySpec
 
 CLASSES = ('background', 'disc', 'square', 'triangle', 'stripes')
 # Colours of the label maps when drawn (mmseg's visualiser); the image colours of the
@@ -52,30 +53,18 @@ GENERATE_HINT = 'python tools/misc/make_toy_seg.py --out {root}'
 
 
 @dataclass(frozen=True)
-class ToySegSpec:
-    """What a toy segmentation set is made from; its manifest records exactly this."""
+class ToySegSpec(ToySpec):
+    """What a toy segmentation set is made from (see :class:`~.toy_spec.ToySpec`)."""
+    CLASSES = CLASSES
+    FORMAT_VERSION = FORMAT_VERSION
+    SMALLEST_SIDE = 2 * MIN_OBJECT
+
     num_train: int = 240
     num_val: int = 60
     seed: int = 0
     min_side: int = 96
     max_side: int = 160
     max_objects: int = 4
-
-    def __post_init__(self):
-        if self.num_train < 1 or self.num_val < 1:
-            raise ValueError(f'num_train and num_val must be >= 1, got {self.num_train}, '
-                             f'{self.num_val}')
-        if not 2 * MIN_OBJECT <= self.min_side <= self.max_side:
-            raise ValueError(f'need {2 * MIN_OBJECT} <= min_side <= max_side, got '
-                             f'{self.min_side}, {self.max_side}')
-        if self.max_objects < 1:
-            raise ValueError(f'max_objects must be >= 1, got {self.max_objects}')
-
-    def num_images(self, split: str) -> int:
-        return {'train': self.num_train, 'val': self.num_val}[split]
-
-    def manifest(self) -> dict:
-        return dict(format=FORMAT_VERSION, classes=list(CLASSES), **asdict(self))
 
 
 # ----------------------------------------------------------------------------- drawing
@@ -208,13 +197,6 @@ def _is_complete(out_dir: str, spec: ToySegSpec) -> bool:
     return True
 
 
-def _check_out_dir(out_dir: str, spec: ToySegSpec, force: bool) -> bool:
-    """True when ``out_dir`` already holds this spec's data set (see
-    :func:`~.manifest.holds_data_set`)."""
-    return holds_data_set(out_dir, spec.manifest(), lambda: _is_complete(out_dir, spec),
-                          _owned_paths(out_dir), force)
-
-
 def generate(out_dir: str, spec: ToySegSpec = ToySegSpec(), force: bool = False) -> bool:
     """Write the toy segmentation set to ``out_dir``.
 
@@ -224,12 +206,12 @@ def generate(out_dir: str, spec: ToySegSpec = ToySegSpec(), force: bool = False)
     Raises:
         FileExistsError: ``out_dir`` holds other files and ``force`` is not set.
     """
-    if _check_out_dir(out_dir, spec, force):
-        return False
-    for split in SPLITS:
-        write_split(out_dir, split, spec)
-    write_manifest(out_dir, spec.manifest())
-    return True
+    def write():
+        for split in SPLITS:
+            write_split(out_dir, split, spec)
+
+    return write_once(out_dir, spec.manifest(), lambda: _is_complete(out_dir, spec),
+                      _owned_paths(out_dir), write, force)
 
 
 # ------------------------------------------------------------------------------ dataset
