@@ -15,8 +15,12 @@ LINT_PATHS = mmcvig tools tests configs setup.py
 env:
 	MMCVIG_VENV="$(VENV)" bash tools/setup_env.sh
 
+# Then the CUDA tests once more on the CPU (MMCVIG_TEST_DEVICE=cpu, about 10 s): without a
+# GPU the first run skips them, and the GPU check (below) must find them working.
 test: env
 	"$(PYTHON)" -m pytest tests -q -p no:cacheprovider --timeout=900 $(PYTEST_ARGS)
+	MMCVIG_TEST_DEVICE=cpu "$(PYTHON)" -m pytest tests/test_cuda.py -q -p no:cacheprovider \
+		--timeout=900 $(PYTEST_ARGS)
 
 # flake8 and isort as OpenMMLab projects run them, then one copy of every document
 # (tools/misc/check_docs.py). Every step runs, so that one run lists all the problems.
