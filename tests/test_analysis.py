@@ -247,14 +247,14 @@ def test_calibrated_norms_hold_the_batch_statistics():
     torch.testing.assert_close(stem_bn.running_var, first.var((0, 2, 3)))
 
 
-def test_autocast_inside_degc_reaches_the_float32_steps():
+def test_autocast_reaches_degc_lets_autocast_into_the_float32_steps():
     """The comparison of the float32 overhead is against a forward in which autocast
     really reaches k-means and the k-NN: their matmuls then run in bfloat16."""
     from mmcvig.models.degc import partition
     tokens = 100 + torch.randn(1, 64, 8, generator=torch.Generator().manual_seed(0))
     with torch.autocast('cpu', dtype=torch.bfloat16):
         exact = partition(tokens, 4).labels
-        with analysis.autocast_inside_degc():
+        with analysis.autocast_reaches_degc():
             rounded = partition(tokens, 4).labels
         assert torch.equal(partition(tokens, 4).labels, exact)  # restored on exit
     assert not torch.equal(rounded, exact)

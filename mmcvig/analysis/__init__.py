@@ -13,7 +13,7 @@ from .models import (CVIG_DETECTION_CONFIGS, DETECTION_PEERS, PEERS, SIZE_SUFFIX
                      config_candidate, cvig_candidate, detection_candidates,
                      detection_cvig_candidate, peer_candidates, scaling_candidates, with_peers)
 from .partitions import partition_records
-from .precision import (AUTOCAST_DTYPES, autocast_inside_degc, calibrate_norms, largest_activation,
+from .precision import (AUTOCAST_DTYPES, autocast_reaches_degc, calibrate_norms, largest_activation,
                         measure_autocast_error, measure_float32_overhead, relative_errors)
 from .profiling import (DEGC_STEPS, OTHER, gemm_rate, isolated_step_times, kmeans_iterations,
                         knn_macs, measure_profile, operator_table, profile_degc, step_times)
@@ -31,5 +31,5 @@ __all__ = [
     'TRAIN_SHAPE', 'INFERENCE_SHAPE', 'allocation_peak', 'peak_memory', 'state_bytes',
     'measure_detection', 'measure_detection_tables', 'partition_records', 'HostSyncCounter',
     'AUTOCAST_DTYPES', 'calibrate_norms', 'largest_activation', 'measure_autocast_error',
-    'relative_errors', 'autocast_inside_degc', 'measure_float32_overhead'
+    'relative_errors', 'autocast_reaches_degc', 'measure_float32_overhead'
 ]

@@ -24,7 +24,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 # Autocast reaching DEGC's float32 steps, as before they kept float32: only to measure
 # what keeping them costs.
-from ..models.degc.execution import autocast_reaches_degc as autocast_inside_degc
+from ..models.degc.execution import autocast_reaches_degc
 from .detection import PRETRAIN_SIZE
 from .models import Candidate
 from .timing import Runner, paired_ratio, round_robin, summarize
@@ -121,7 +121,7 @@ def measure_float32_overhead(runner: Runner, candidate: Candidate, height: int, 
 
     def forward(low_precision: bool):
         def run():
-            with autocast_inside_degc() if low_precision else contextlib.nullcontext():
+            with autocast_reaches_degc() if low_precision else contextlib.nullcontext():
                 amp_runner.forward(model, x)
             amp_runner.sync()
         return run

@@ -5,6 +5,10 @@ import os.path as osp
 
 from mmengine.config import Config, DictAction
 from mmengine.device import get_device
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
+
+from ..compat import init_dist_without_cuda
 
 SCOPES = ('mmdet', 'mmpretrain', 'mmseg')
 
@@ -95,10 +99,6 @@ def build_runner(cfg):
     """The config's Runner (``runner_type``, else mmengine's), in the process group of
     ``cfg.launcher``: mmengine 0.10.7 cannot start torchrun processes without a GPU
     (mmcvig/compat.py), so they start here and the Runner keeps the group it finds."""
-    from mmengine.registry import RUNNERS
-    from mmengine.runner import Runner
-
-    from ..compat import init_dist_without_cuda
     init_dist_without_cuda(cfg.launcher, **cfg.get('env_cfg', {}).get('dist_cfg', {}))
     if 'runner_type' not in cfg:
         return Runner.from_cfg(cfg)
