@@ -215,6 +215,14 @@ def junit_counts(path: str) -> dict:
     return dict(counts=counts, cases=cases)
 
 
+def failure(err: Exception, message_chars: int = 1000, traceback_chars: int = 3000,
+            **where) -> dict:
+    """A caught exception as the JSON records it: where it happened, its type and
+    message, and the end of its traceback (called in its ``except`` block)."""
+    return dict(where, error=f'{type(err).__name__}: {err}'[:message_chars],
+                traceback=traceback.format_exc()[-traceback_chars:])
+
+
 # ------------------------------------------------------------------- the throughput
 def built_once(candidate: analysis.Candidate) -> analysis.Candidate:
     """The candidate, its model built at the first call and reused after: every batch
@@ -256,8 +264,7 @@ def run_throughput(args, seconds: float) -> dict:
             rows += analysis.measure_throughput(runner, candidates, [batch], args.img_size,
                                                 warmup=args.warmup, repeats=args.repeats)
         except Exception as err:  # out of memory, say: the smaller batches stay recorded
-            errors.append(dict(batch=batch, error=f'{type(err).__name__}: {err}'[:1000],
-                               traceback=traceback.format_exc()[-3000:]))
+            errors.append(failure(err, batch=batch))
             skipped += [dict(batch=b, reason=f'{type(err).__name__} at batch {batch}')
                         for b in args.batch_sizes[i + 1:]]
             break
@@ -320,8 +327,7 @@ def run_detection(args, seconds: float) -> dict:
                                                       train, warmup=args.warmup,
                                                       repeats=args.repeats)
         except Exception as err:  # recorded; the next mode runs
-            errors.append(dict(mode=mode, error=f'{type(err).__name__}: {err}'[:1000],
-                               traceback=traceback.format_exc()[-3000:]))
+            errors.append(failure(err, mode=mode))
         finally:
             del runner
             free_memory()
@@ -346,8 +352,7 @@ def run_section(func: Callable[..., dict], args, seconds: float) -> dict:
     try:
         record = func(args, seconds)
     except Exception as err:  # recorded; the next section runs
-        record = dict(status='error', error=f'{type(err).__name__}: {err}'[:2000],
-                      traceback=traceback.format_exc()[-4000:])
+        record = failure(err, 2000, 4000, status='error')
     record.update(seconds=time.perf_counter() - start, budget_s=seconds)
     if args.device.type == 'cuda':
         record['cuda_max_memory_allocated_mib'] = torch.cuda.max_memory_allocated() / 2**20
