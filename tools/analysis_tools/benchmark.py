@@ -32,7 +32,7 @@ Examples:
   python tools/analysis_tools/benchmark.py --arch tiny small --batch-sizes \\
       --detection inference train --warmup 1 --repeats 3 --threads 2
   # mixed-precision error of CViG-Ti/S/B against Vig/PViG of the same size, at 224
-  python tools/analysis_tools/benchmark.py --arch tiny small base --batch-sizes \
+  python tools/analysis_tools/benchmark.py --arch tiny small base --batch-sizes \\
       --autocast-error --threads 2
   # the backbone of a config (peers matched by its arch)
   python tools/analysis_tools/benchmark.py configs/cvig-ti_8xb128_in1k.py
