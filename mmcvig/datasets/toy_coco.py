@@ -28,6 +28,7 @@ from mmdet.datasets import CocoDataset
 from mmdet.registry import DATASETS
 from PIL import Image
 
+from .drawing import fill_polygon, rotate
 from .manifest import MANIFEST, write_once
 from .toy_spec import ToySpec
 
@@ -60,11 +61,6 @@ class ToyCocoSpec(ToySpec):
 
 
 # ----------------------------------------------------------------------------- drawing
-def _rotate(points: np.ndarray, angle: float) -> np.ndarray:
-    cos, sin = np.cos(angle), np.sin(angle)
-    return points @ np.array([[cos, sin], [-sin, cos]])
-
-
 def shape_outline(rng, label: int, size: float) -> np.ndarray:
     """Vertices (n, 2) of a class-``label`` shape about the origin, ``size`` across."""
     radius = size / 2
@@ -83,16 +79,7 @@ def shape_outline(rng, label: int, size: float) -> np.ndarray:
         a, b = radius, radius / 3
         points = np.array([[-b, -a], [b, -a], [b, -b], [a, -b], [a, b], [b, b], [b, a],
                            [-b, a], [-b, b], [-a, b], [-a, -b], [-b, -b]])
-    return _rotate(points, rng.uniform(0, 2 * np.pi))
-
-
-def fill_polygon(points: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Boolean mask of the pixels inside ``points`` (sub-pixel vertex precision)."""
-    mask = np.zeros((height, width), np.uint8)
-    shift = 4  # vertices in 1/16 pixel
-    cv2.fillPoly(mask, [np.round(points * (1 << shift)).astype(np.int32)], 1,
-                 lineType=cv2.LINE_8, shift=shift)
-    return mask.astype(bool)
+    return rotate(points, rng.uniform(0, 2 * np.pi))
 
 
 def mask_to_polygons(mask: np.ndarray) -> List[List[float]]:

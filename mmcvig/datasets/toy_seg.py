@@ -35,6 +35,7 @@ from mmseg.datasets import BaseSegDataset
 from mmseg.registry import DATASETS
 from PIL import Image
 
+from .drawing import fill_polygon, rotate
 from .manifest import MANIFEST, write_once
 from .toy_spec import ToySpec
 
@@ -68,11 +69,6 @@ class ToySegSpec(ToySpec):
 
 
 # ----------------------------------------------------------------------------- drawing
-def _rotate(points: np.ndarray, angle: float) -> np.ndarray:
-    cos, sin = np.cos(angle), np.sin(angle)
-    return points @ np.array([[cos, sin], [-sin, cos]])
-
-
 def shape_outline(rng, label: int, size: float) -> np.ndarray:
     """Vertices (n, 2) of a class-``label`` region about the origin, ``size`` across."""
     radius = size / 2
@@ -89,16 +85,7 @@ def shape_outline(rng, label: int, size: float) -> np.ndarray:
     else:  # stripes: a patch of any outline between square and disc, an irregular octagon
         t = np.arange(8) * np.pi / 4 + rng.uniform(-0.2, 0.2, 8)
         points = radius * rng.uniform(0.8, 1.0, (8, 1)) * np.stack([np.cos(t), np.sin(t)], 1)
-    return _rotate(points, rng.uniform(0, 2 * np.pi))
-
-
-def fill_polygon(points: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Boolean mask of the pixels inside ``points`` (sub-pixel vertex precision)."""
-    mask = np.zeros((height, width), np.uint8)
-    shift = 4  # vertices in 1/16 pixel
-    cv2.fillPoly(mask, [np.round(points * (1 << shift)).astype(np.int32)], 1,
-                 lineType=cv2.LINE_8, shift=shift)
-    return mask.astype(bool)
+    return rotate(points, rng.uniform(0, 2 * np.pi))
 
 
 def stripe_texture(rng, height: int, width: int) -> np.ndarray:
